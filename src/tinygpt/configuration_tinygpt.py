@@ -1,0 +1,171 @@
+"""TinyGPTConfig: the shape of a GPT-Neo-style decoder, plus named presets.
+
+Self-contained on purpose: this file is copied next to the weights on the Hub and loaded with
+`trust_remote_code=True`, so it may import transformers but nothing from the tinygpt package.
+
+Presets (`TinyGPTConfig.from_preset(name, **overrides)`), all with the reduced 8,001-token vocabulary,
+512 positions, alternating global/local attention (window 256) and an untied output head:
+
+| preset            | hidden | layers | heads | intermediate | parameters |
+|-------------------|-------:|-------:|------:|-------------:|-----------:|
+| tinystories-1m    |     64 |      8 |    16 |          256 |  1,455,360 |
+| tinystories-3m    |    128 |      8 |    16 |          512 |  3,697,152 |
+| tinystories-8m    |    256 |      8 |    16 |        1,024 | 10,540,032 |
+| tinystories-28m   |    512 |      8 |    16 |        2,048 | 33,662,976 |
+| tinystories-41m   |    768 |      4 |    16 |        3,072 | 41,026,560 |
+
+`tinystories-41m` is the seed model (the TinyStories-33M architecture with the 8K vocabulary); with
+`vocab_size=50257` it has 105,931,776 parameters. The other rows follow the TinyStories paper's family
+(roneneldan/TinyStories-1M ... -28M: same widths and depths), shrunk to the 8K vocabulary.
+"""
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+ATTENTION_TYPES = ("global", "local")
+
+# transformers' Cache and mask utilities speak of "full_attention" / "sliding_attention" layers.
+_CACHE_LAYER_TYPE = {"global": "full_attention", "local": "sliding_attention"}
+
+_SEED = dict(vocab_size=8001, max_position_embeddings=512, num_attention_heads=16, window_size=256)
+PRESETS = {
+    "tinystories-1m": dict(_SEED, hidden_size=64, num_hidden_layers=8),
+    "tinystories-3m": dict(_SEED, hidden_size=128, num_hidden_layers=8),
+    "tinystories-8m": dict(_SEED, hidden_size=256, num_hidden_layers=8),
+    "tinystories-28m": dict(_SEED, hidden_size=512, num_hidden_layers=8),
+    "tinystories-41m": dict(_SEED, hidden_size=768, num_hidden_layers=4),
+}
+
+
+class TinyGPTConfig(PretrainedConfig):
+    r"""Configuration of a TinyGPT model (GPT-Neo architecture, HF-standard names).
+
+    Args:
+        vocab_size: number of tokens; ids must lie in `[0, vocab_size)`.
+        max_position_embeddings: number of learned positions, i.e. the longest input.
+        hidden_size, num_hidden_layers, num_attention_heads: width, depth and heads (C, L, nh).
+        intermediate_size: MLP width; `None` means `4 * hidden_size`.
+        attention_types: one of `"global"` (full causal) / `"local"` (sliding window) per layer;
+            `None` alternates global, local, ... as GPT-Neo does.
+        window_size: a local layer sees the current token and the `window_size - 1` before it.
+        activation_function: a name from `transformers.activations.ACT2FN` (GPT-Neo: `gelu_new`).
+        embed_dropout, attention_dropout, resid_dropout: dropout probabilities.
+        layer_norm_epsilon, initializer_range: LayerNorm epsilon and the std of the normal init.
+        scale_attention_scores: divide scores by sqrt(head_dim); GPT-Neo does not, so neither do we.
+        tie_word_embeddings: share the output head with the token embedding (the seed does not).
+    """
+
+    model_type = "tinygpt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8001,
+        max_position_embeddings: int = 512,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 16,
+        intermediate_size: int | None = None,
+        attention_types: list[str] | None = None,
+        window_size: int = 256,
+        activation_function: str = "gelu_new",
+        embed_dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+        layer_norm_epsilon: float = 1e-5,
+        initializer_range: float = 0.02,
+        scale_attention_scores: bool = False,
+        use_cache: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        if attention_types is None:
+            attention_types = [ATTENTION_TYPES[i % 2] for i in range(num_hidden_layers)]
+        self.attention_types = list(attention_types)
+        self.window_size = window_size
+        self.activation_function = activation_function
+        self.embed_dropout = embed_dropout
+        self.attention_dropout = attention_dropout
+        self.resid_dropout = resid_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.scale_attention_scores = scale_attention_scores
+        self.use_cache = use_cache
+        self._validate()
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    def _validate(self):
+        """The one place where a config is checked; every error names the bad value."""
+        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if len(self.attention_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"attention_types has {len(self.attention_types)} entries but num_hidden_layers is "
+                f"{self.num_hidden_layers}: give one attention type per layer"
+            )
+        unknown = sorted({t for t in self.attention_types if t not in ATTENTION_TYPES})
+        if unknown:
+            raise ValueError(f"unknown attention type(s) {unknown} in attention_types; use 'global' or 'local'")
+        if not isinstance(self.window_size, int) or isinstance(self.window_size, bool) or self.window_size <= 0:
+            raise ValueError(f"window_size must be a positive integer, got {self.window_size!r}")
+        if self.activation_function not in ACT2FN:
+            raise ValueError(f"unknown activation_function {self.activation_function!r}; see transformers ACT2FN")
+        for name in ("embed_dropout", "attention_dropout", "resid_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Per-layer types in transformers' vocabulary, so `DynamicCache(config=...)` gives local layers a
+        sliding-window cache and the mask utilities pick the right mask."""
+        return [_CACHE_LAYER_TYPE[t] for t in self.attention_types]
+
+    @property
+    def sliding_window(self) -> int:
+        """The window as transformers' masks and caches read it (same meaning as `window_size`)."""
+        return self.window_size
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TinyGPTConfig":
+        """A named configuration (see the module docstring), with any field overridden.
+
+        `<|endoftext|>` is the last id of our vocabularies (as 50256 is in GPT-Neo's), so bos/eos default
+        to `vocab_size - 1`.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = {**PRESETS[name], **overrides}
+        eos = kwargs["vocab_size"] - 1
+        kwargs.setdefault("bos_token_id", eos)
+        kwargs.setdefault("eos_token_id", eos)
+        return cls(**kwargs)
+
+
+__all__ = ["TinyGPTConfig"]

@@ -1,0 +1,273 @@
+"""TinyGPT: a GPT-Neo-style decoder written from scratch as a first-class transformers model.
+
+Reads bottom-up like the math: input checks and mask helpers -> attention -> MLP -> block -> models.
+Self-contained on purpose (it is copied to the Hub for `trust_remote_code=True`): it imports transformers
+and torch, and from this package only `configuration_tinygpt`.
+
+Shape notation, used on every reshape:
+    B batch, T query length, S key length (cached + new), C hidden_size, nh heads, hs head_dim (C = nh * hs),
+    V vocab_size.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_tinygpt import TinyGPTConfig
+
+# ----------------------------------------------------------------------------- input checks and mask helpers
+
+
+def check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """An id outside the vocabulary would index past the embedding table: say which one instead."""
+    if input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = high if high >= vocab_size else low
+        raise ValueError(f"token id {bad} is outside the vocabulary (size {vocab_size})")
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """Positions that count only real tokens, so a left-padded prompt starts at position 0.
+
+    attention_mask: (B, S) with 1 for tokens and 0 for padding, covering cached and new tokens.
+    Returns (B, T) positions of the last T = query_length tokens (padding gets position 0).
+    """
+    positions = attention_mask.long().cumsum(-1) - 1  # (B, S)
+    positions = positions.masked_fill(attention_mask == 0, 0)
+    return positions[:, -query_length:]  # (B, T)
+
+
+def check_positions(position_ids: torch.Tensor, max_position_embeddings: int) -> None:
+    if position_ids.numel() and int(position_ids.max()) >= max_position_embeddings:
+        raise ValueError(
+            f"the input reaches position {int(position_ids.max())}, but the model has only "
+            f"max_position_embeddings={max_position_embeddings} positions: shorten the input to at most "
+            f"{max_position_embeddings} tokens (prompt plus generated)"
+        )
+
+
+def build_attention_masks(config, inputs_embeds, attention_mask, past_key_values, position_ids) -> dict:
+    """One mask per attention type, made by transformers' mask utilities for the active backend.
+
+    Global layers get the causal (+ padding) mask; local layers the same restricted to the window: a query
+    at position i sees keys i - window_size + 1 .. i, exactly GPT-Neo's local attention.
+    Masks are built per call for the actual (T, S), never as a max_positions^2 buffer; where plain causal
+    attention suffices the utilities return None and SDPA runs with is_causal.
+    """
+    kwargs = dict(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                  past_key_values=past_key_values, position_ids=position_ids)
+    masks = {"global": create_causal_mask(**kwargs)}
+    if "local" in config.attention_types:
+        masks["local"] = create_sliding_window_causal_mask(**kwargs)
+    return masks
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention, kept because it is the only path that returns the weights.
+
+    query (B, nh, T, hs), key/value (B, nh, S, hs); attention_mask is additive (B, 1, T, S) or None.
+    Returns the output as (B, T, nh, hs), like the other attention interfaces, and weights (B, nh, T, S).
+    """
+    # Scores in float32, as GPT-Neo, so half-precision runs do not overflow before the softmax.
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1).to(value.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return output, weights
+
+
+class TinyGPTAttention(nn.Module):
+    """Multi-head self-attention, global (causal) or local (sliding window) by layer."""
+
+    def __init__(self, config: TinyGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.attention_type = config.attention_types[layer_idx]
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        # GPT-Neo does not scale scores by 1/sqrt(hs); its weights were trained that way.
+        self.scaling = self.head_dim**-0.5 if config.scale_attention_scores else 1.0
+        self.is_causal = True
+        # One fused projection: a single (C, 3C) matmul is cheaper than three (C, C) ones. No bias, as GPT-Neo.
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+        self.resid_dropout = nn.Dropout(config.resid_dropout)
+
+    def forward(self, hidden_states, attention_mask, past_key_values: Cache | None = None, **kwargs):
+        B, T, C = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3, nh, hs)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        if past_key_values is not None:
+            # A local layer's cache keeps only its window (DynamicSlidingWindowLayer), a global one everything.
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        output, weights = attention(
+            self, query, key, value, attention_mask,
+            scaling=self.scaling,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            sliding_window=self.config.window_size if self.attention_type == "local" else None,
+            **kwargs,
+        )  # output (B, T, nh, hs)
+        output = self.out_proj(output.reshape(B, T, C))  # (B, T, C)
+        return self.resid_dropout(output), weights
+
+
+# ----------------------------------------------------------------------------- MLP and block
+
+
+class TinyGPTMLP(nn.Module):
+    def __init__(self, config: TinyGPTConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.activation_function]
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.resid_dropout)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
+
+
+class TinyGPTBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm transformer block: two residual branches."""
+
+    def __init__(self, config: TinyGPTConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.attn = TinyGPTAttention(config, layer_idx)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mlp = TinyGPTMLP(config)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values: Cache | None = None, **kwargs):
+        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, past_key_values,
+                                                  **kwargs)[0]
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class TinyGPTPreTrainedModel(PreTrainedModel):
+    """Weight init is transformers' default, which is GPT-Neo's: N(0, initializer_range) for linear and
+    embedding weights, zero biases, unit LayerNorms."""
+
+    config_class = TinyGPTConfig
+    config: TinyGPTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TinyGPTBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _can_record_outputs = {"hidden_states": TinyGPTBlock, "attentions": TinyGPTAttention}
+
+
+class TinyGPTModel(TinyGPTPreTrainedModel):
+    """Embeddings, blocks and the final LayerNorm; returns hidden states (B, T, C)."""
+
+    def __init__(self, config: TinyGPTConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.layers = nn.ModuleList([TinyGPTBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            check_input_ids(input_ids, self.config.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            position_ids = self._default_position_ids(inputs_embeds, attention_mask, past_key_values)
+        check_positions(position_ids, self.config.max_position_embeddings)
+
+        # generate() may hand us masks already built for a compileable cache
+        masks = attention_mask if isinstance(attention_mask, dict) else build_attention_masks(
+            self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
+        hidden_states = self.embed_dropout(inputs_embeds + self.embed_positions(position_ids))  # (B, T, C)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, masks[layer.attn.attention_type], past_key_values, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+
+    @staticmethod
+    def _default_position_ids(inputs_embeds, attention_mask, past_key_values):
+        T = inputs_embeds.shape[1]
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
+            return position_ids_from_attention_mask(attention_mask, T)  # (B, T)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        return torch.arange(past, past + T, device=inputs_embeds.device).unsqueeze(0)  # (1, T)
+
+
+class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
+    """TinyGPTModel plus the output head (untied by default, as the seed; tied when the config says so)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: TinyGPTConfig):
+        super().__init__(config)
+        self.model = TinyGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """labels (B, T) are the input ids themselves: they are shifted inside, and -100 is ignored. Loss kwargs
+        such as `num_items_in_batch` reach the loss, so gradient accumulation averages over the right count."""
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             **kwargs)
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # (B, T', V)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+__all__ = ["TinyGPTPreTrainedModel", "TinyGPTModel", "TinyGPTForCausalLM"]

@@ -1,0 +1,25 @@
+"""The `tinygpt` console script, run as a user runs it."""
+
+import subprocess
+import sys
+
+from test_hf_contract import saved_model_with_tokenizer
+
+
+def tinygpt(*args):
+    return subprocess.run([sys.executable, "-m", "tinygpt.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_presets_lists_the_seed_parameter_count():
+    result = tinygpt("presets")
+    assert result.returncode == 0 and "tinystories-41m" in result.stdout and "41,026,560" in result.stdout
+
+
+def test_generate_streams_text_and_rejects_bad_input(tmp_path):
+    saved_model_with_tokenizer(tmp_path)
+    result = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "Once upon a time")
+    assert result.returncode == 0 and result.stdout.startswith("Once upon a time")
+    too_long = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "100", "Once upon a time")
+    assert too_long.returncode == 2 and "exceeds the model's 64 positions" in too_long.stderr
+    missing = tinygpt("generate", "--model", str(tmp_path / "nope"), "hi")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

@@ -1,0 +1,146 @@
+"""Unit tests of the model: shapes, masks, the loss contract, bad input, checkpointing, embeddings."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import WINDOW, tiny_model
+from tinygpt.modeling_tinygpt import position_ids_from_attention_mask
+
+
+def test_shapes_hidden_states_and_attentions(model):
+    ids = torch.randint(0, 97, (2, 20))
+    out = model(ids, output_hidden_states=True)
+    assert out.logits.shape == (2, 20, 97)
+    assert len(out.hidden_states) == 5 and out.hidden_states[0].shape == (2, 20, 32)
+    model.set_attn_implementation("eager")
+    out = model(ids, output_attentions=True)
+    assert len(out.attentions) == 4 and out.attentions[0].shape == (2, 4, 20, 20)
+
+
+def test_global_layers_are_causal_and_local_layers_see_only_their_window(model):
+    model.set_attn_implementation("eager")
+    attentions = model(torch.randint(0, 97, (1, 30)), output_attentions=True).attentions
+    seen_global = attentions[0][0, 0] > 0  # (T, S)
+    seen_local = attentions[1][0, 0] > 0
+    q, k = torch.meshgrid(torch.arange(30), torch.arange(30), indexing="ij")
+    assert torch.equal(seen_global, k <= q)
+    assert torch.equal(seen_local, (k <= q) & (k > q - WINDOW))  # current token + WINDOW - 1 before it
+
+
+def test_local_only_model_ignores_tokens_outside_the_window():
+    model = tiny_model(num_hidden_layers=1, attention_types=["local"])
+    ids = torch.randint(0, 97, (1, 30))
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % 97
+    a, b = model(ids).logits, model(changed).logits
+    assert torch.equal(a[0, WINDOW:], b[0, WINDOW:])  # position 8 sees 1..8: token 0 is out of reach
+    assert not torch.allclose(a[0, WINDOW - 1], b[0, WINDOW - 1])
+
+
+def test_sdpa_and_eager_agree(model):
+    ids = torch.randint(0, 97, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    sdpa = model(ids, attention_mask=mask).logits
+    model.set_attn_implementation("eager")
+    eager = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(sdpa[0], eager[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(sdpa[1, 5:], eager[1, 5:], rtol=0, atol=1e-5)
+
+
+def test_loss_shifts_labels_and_ignores_minus_100(model):
+    ids = torch.randint(0, 97, (2, 16))
+    labels = ids.clone()
+    labels[0, 10:] = -100
+    out = model(ids, labels=labels)
+    manual = F.cross_entropy(out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, manual)
+
+
+def test_num_items_in_batch_makes_gradient_accumulation_exact(model):
+    """Two micro-batches with uneven label counts, each scaled by the whole batch's count, give the
+    full batch's loss: what Trainer relies on for exact gradient accumulation."""
+    ids = torch.randint(0, 97, (4, 16))
+    labels = ids.clone()
+    labels[0, 3:] = -100
+    labels[3, 12:] = -100
+    full = model(ids, labels=labels).loss
+    n_items = int((labels[:, 1:] != -100).sum())
+    parts = [model(ids[s], labels=labels[s], num_items_in_batch=n_items).loss for s in (slice(0, 2), slice(2, 4))]
+    torch.testing.assert_close(parts[0] + parts[1], full)
+
+
+def test_logits_to_keep(model):
+    ids = torch.randint(0, 97, (2, 12))
+    full = model(ids).logits
+    torch.testing.assert_close(model(ids, logits_to_keep=1).logits, full[:, -1:])
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
+
+
+def test_position_ids_from_attention_mask():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids_from_attention_mask(mask, 5).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert position_ids_from_attention_mask(mask, 2).tolist() == [[1, 2], [3, 4]]
+
+
+def test_left_padding_does_not_change_the_real_tokens(model):
+    ids = torch.randint(0, 96, (1, 12))
+    padded = torch.cat([torch.full((1, 4), 96), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 12, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 4:], model(ids).logits,
+                               rtol=0, atol=1e-5)
+
+
+def test_bad_token_ids_raise_a_clear_error(model):
+    with pytest.raises(ValueError, match=r"token id 97 is outside the vocabulary \(size 97\)"):
+        model(torch.tensor([[1, 2, 97]]))
+    with pytest.raises(ValueError, match=r"token id -1 is outside the vocabulary"):
+        model(torch.tensor([[1, -1, 2]]))
+
+
+def test_too_long_input_raises_a_clear_error(model):
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(torch.randint(0, 97, (1, 65)))
+    model(torch.randint(0, 97, (1, 64)))  # exactly the limit is fine
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model.generate(torch.randint(0, 96, (1, 60)), max_new_tokens=10, do_sample=False)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(resid_dropout=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+        model(ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_untied_by_default_and_tied_on_request():
+    untied = tiny_model()
+    assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+    tied = tiny_model(tie_word_embeddings=True)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert tied.num_parameters() == untied.num_parameters() - 97 * 32
+
+
+def test_resize_token_embeddings(model):
+    ids = torch.randint(0, 97, (1, 10))
+    before = model(ids).logits
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    assert model.model.embed_tokens.weight.shape == (120, 32) and model.lm_head.weight.shape == (120, 32)
+    after = model(ids).logits
+    torch.testing.assert_close(after[..., :97], before)
+    model(torch.tensor([[119]]))  # new ids are accepted
+
+
+def test_weight_init_follows_gpt_neo():
+    model = tiny_model(initializer_range=0.02, hidden_size=64, intermediate_size=256)
+    block = model.model.layers[0]
+    assert abs(block.mlp.fc_in.weight.std().item() - 0.02) < 0.002
+    assert torch.all(block.mlp.fc_in.bias == 0) and torch.all(block.attn.out_proj.bias == 0)
+    assert torch.all(block.attn_norm.weight == 1) and torch.all(block.attn_norm.bias == 0)
