@@ -2,6 +2,8 @@
 
     tinygpt presets                                   # the named model sizes and their parameter counts
     tinygpt generate --model DIR "Once upon a time"   # stream a story from a saved model
+    tinygpt tokenizer prune --data train.txt --vocab-size 8000 --out tokenizer-8k [--source SRC]
+    tinygpt tokenizer train --data train.txt --vocab-size 8000 --out tokenizer-bpe-8k
 """
 
 import argparse
@@ -46,6 +48,29 @@ def cmd_generate(args) -> None:
     )
 
 
+def cmd_tokenizer(args) -> None:
+    import json
+    from pathlib import Path
+
+    from .tokenizer import COVERAGE_FILE, format_coverage, prune_tokenizer, train_tokenizer
+
+    out = Path(args.out)
+    # What the result depends on; a rerun with the same inputs skips the work.
+    recipe = {"method": args.method, "vocab_size": args.vocab_size, "source": str(args.source),
+              "data": [[str(Path(f).resolve()), Path(f).stat().st_size if Path(f).is_file() else None]
+                       for f in args.data]}
+    recipe_file = out / "build.json"
+    if (not args.force and recipe_file.is_file() and (out / "tokenizer.json").is_file()
+            and json.loads(recipe_file.read_text()) == recipe):
+        print(f"{out} is up to date (same data and settings); --force rebuilds it")
+    else:
+        build = prune_tokenizer if args.method == "prune" else train_tokenizer
+        tokenizer = build(args.data, vocab_size=args.vocab_size, source=args.source, out_dir=out)
+        recipe_file.write_text(json.dumps(recipe, indent=2))
+        print(f"saved a {len(tokenizer):,}-token tokenizer to {out}")
+    print(format_coverage(json.loads((out / COVERAGE_FILE).read_text())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=cmd_generate)
+
+    from .tokenizer import DEFAULT_SOURCE
+
+    tokenizer = commands.add_parser("tokenizer", help="build a reduced-vocabulary tokenizer")
+    tokenizer.add_argument("method", choices=["prune", "train"],
+                           help="prune: GPT-Neo's BPE cut to the top K tokens (the seed's); train: a new BPE")
+    tokenizer.add_argument("--data", nargs="+", required=True, help="TinyStories .txt files")
+    tokenizer.add_argument("--vocab-size", type=int, default=8000, help="regular tokens, <|endoftext|> on top")
+    tokenizer.add_argument("--source", default=DEFAULT_SOURCE,
+                           help="GPT-Neo's tokenizer: Hub id, folder, or tokenizer.json (also for the report)")
+    tokenizer.add_argument("--out", required=True, help="output folder")
+    tokenizer.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
+    tokenizer.set_defaults(run=cmd_tokenizer)
     return parser
 
 

@@ -8,7 +8,9 @@ The two architectures compute the same function; only names differ, and TinyGPT 
 projections into one `qkv_proj` (rows stacked q, k, v).
 """
 
+import json
 import os
+from pathlib import Path
 
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
@@ -104,3 +106,38 @@ def tinygpt_to_gpt_neo(model: TinyGPTForCausalLM) -> GPTNeoForCausalLM:
     if missing or unexpected:
         raise RuntimeError(f"GPT-Neo weights did not line up: missing {missing}, unexpected {unexpected}")
     return neo.eval()
+
+
+@torch.no_grad()
+def shrink_vocab(model, pruned_tokenizer_dir, verbose: bool = True) -> TinyGPTForCausalLM:
+    """Keep only the embedding and output rows of the tokens a pruned tokenizer kept.
+
+    `model` is a TinyGPT or GPT-Neo model (or a path to a GPT-Neo one) over GPT-Neo's vocabulary;
+    `pruned_tokenizer_dir` is a folder written by `prune_tokenizer(..., out_dir=...)`, whose id map says
+    which GPT-Neo id each new id stands for. Logits over the kept tokens are unchanged.
+    """
+    from .parameters import format_parameter_table, parameter_table
+    from .tokenizer import ID_MAP_FILE
+
+    if not isinstance(model, TinyGPTForCausalLM):
+        model = gpt_neo_to_tinygpt(model)
+    map_file = Path(pruned_tokenizer_dir) / ID_MAP_FILE
+    if not map_file.is_file():
+        raise ValueError(f"{map_file}: missing; shrink_vocab needs a folder written by prune_tokenizer")
+    old_ids = json.loads(map_file.read_text())["gpt_neo_ids"]
+    if max(old_ids) >= model.config.vocab_size:
+        raise ValueError(f"{map_file} refers to token id {max(old_ids)}, outside this model's vocabulary "
+                         f"(size {model.config.vocab_size})")
+    index = torch.tensor(old_ids)
+    eos_id = old_ids.index(model.config.eos_token_id) if model.config.eos_token_id in old_ids else len(old_ids) - 1
+    config = TinyGPTConfig(**{**model.config.to_diff_dict(), "vocab_size": len(old_ids), "bos_token_id": eos_id,
+                              "eos_token_id": eos_id, "pad_token_id": None})
+    shrunk = TinyGPTForCausalLM(config).to(model.dtype)
+    state = {name: tensor for name, tensor in model.state_dict().items()}
+    state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"][index]  # (V', C)
+    state["lm_head.weight"] = state["lm_head.weight"][index]  # (V', C); the same rows again when tied
+    shrunk.load_state_dict(state, strict=True)
+    if verbose:
+        print(f"before ({model.config.vocab_size:,} tokens):\n{format_parameter_table(parameter_table(model))}\n")
+        print(f"after ({len(old_ids):,} tokens):\n{format_parameter_table(parameter_table(shrunk))}")
+    return shrunk.eval()
