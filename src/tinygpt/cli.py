@@ -2,6 +2,7 @@
 
     tinygpt presets                                   # the named model sizes and their parameter counts
     tinygpt generate --model DIR "Once upon a time"   # stream a story from a saved model
+    tinygpt eval --model DIR --data valid.txt         # loss, perplexity, bits per byte
     tinygpt tokenizer prune --data train.txt --vocab-size 8000 --out tokenizer-8k [--source SRC]
     tinygpt tokenizer train --data train.txt --vocab-size 8000 --out tokenizer-bpe-8k
 """
@@ -27,8 +28,7 @@ def cmd_generate(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer  # tinygpt is registered by now
 
-    if os.sep in args.model and not os.path.isdir(args.model):
-        raise ValueError(f"model folder {args.model!r} does not exist")
+    _check_model_folder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt")
@@ -46,6 +46,29 @@ def cmd_generate(args) -> None:
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         **({"do_sample": False} if args.greedy else sampling),
     )
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation import evaluate_model
+
+    _check_model_folder(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    result = evaluate_model(model, tokenizer, args.data, block_size=args.block_size, batch_size=args.batch_size)
+    print(f"{result['stories']:,} stories, {result['tokens']:,} tokens, {result['bytes']:,} bytes")
+    print(f"loss {result['loss']:.4f}   perplexity {result['perplexity']:.3f}   "
+          f"bits per byte {result['bits_per_byte']:.4f}")
+    if args.json:
+        print(json.dumps(result))
+
+
+def _check_model_folder(model: str) -> None:
+    if os.sep in model and not os.path.isdir(model):
+        raise ValueError(f"model folder {model!r} does not exist")
 
 
 def cmd_tokenizer(args) -> None:
@@ -88,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=cmd_generate)
+
+    evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", nargs="+", required=True, help="TinyStories .txt files")
+    evaluate.add_argument("--block-size", type=int, default=None, help="default: the model's positions")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--json", action="store_true", help="also print the result as JSON")
+    evaluate.set_defaults(run=cmd_eval)
 
     from .tokenizer import DEFAULT_SOURCE
 

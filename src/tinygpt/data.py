@@ -1,50 +1,71 @@
-"""Reading TinyStories text: the original .txt format (each story followed by a line `<|endoftext|>`).
+"""TinyStories data: reading files, loading datasets, tokenizing and packing them for training.
 
-Every problem with an input file (missing, empty, not UTF-8) is reported with the file's name and,
-where it helps, the line, instead of a traceback from deep inside a tokenizer or a dataset builder.
+Inputs: the Hub dataset (`load_dataset("roneneldan/TinyStories")`, or a local dataset folder), or local files:
+the original .txt format (each story followed by a line `<|endoftext|>`), .json/.jsonl with a text field, and
+.parquet. Every problem with an input file (missing, empty, not UTF-8) is reported with the file's name and
+line, instead of a traceback from deep inside a tokenizer or a dataset builder.
 """
 
+import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STORY_SEPARATOR = "<|endoftext|>"
+TEXT_SUFFIXES = {".txt": "txt", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 class DataFileError(ValueError):
     """A data file that cannot be used; the message names the file and the problem."""
 
 
-def read_text_file(path) -> str:
-    """The whole file as text, or a DataFileError naming the file and what is wrong with it."""
+# ----------------------------------------------------------------------------- files
+
+
+def check_data_file(path) -> Path:
+    """The path, once it is known to be an existing, non-empty file, and (unless parquet) valid UTF-8."""
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: no such file")
     if not path.is_file():
         raise DataFileError(f"{path}: not a file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataFileError(f"{path}: not valid UTF-8 at line {line} (byte {error.start}: "
-                            f"{raw[error.start:error.start + 1]!r}); re-encode the file as UTF-8") from None
-    if not text.strip():
+    if path.stat().st_size == 0:
         raise DataFileError(f"{path}: the file is empty")
-    return text
+    if path.suffix == ".parquet":
+        return path
+    blank = True
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):  # "\n" is ASCII, so no character spans two lines
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataFileError(f"{path}: not valid UTF-8 at line {number} (byte {line[error.start:error.start + 1]!r}"
+                                    f" in column {error.start + 1}); re-encode the file as UTF-8") from None
+            blank = blank and not text.strip()
+    if blank:
+        raise DataFileError(f"{path}: the file is empty")
+    return path
 
 
-def split_stories(text: str) -> list[str]:
-    """Stories of a TinyStories .txt file; a file without separators is one story."""
-    stories = []
-    for chunk in text.split(STORY_SEPARATOR):
-        story = chunk.strip()
-        if story:
-            stories.append(story)
-    return stories
+def iter_file_stories(path) -> Iterator[str]:
+    """Stories of one TinyStories .txt file, stripped; a file without separators is one story."""
+    lines = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            *finished, rest = line.split(STORY_SEPARATOR)
+            for piece in finished:
+                story = ("".join(lines) + piece).strip()
+                lines = []
+                if story:
+                    yield story
+            lines.append(rest)
+    story = "".join(lines).strip()
+    if story:
+        yield story
 
 
 def read_stories(path) -> list[str]:
-    stories = split_stories(read_text_file(path))
+    stories = list(iter_file_stories(check_data_file(path)))
     if not stories:
         raise DataFileError(f"{path}: holds no stories, only separators")
     return stories
@@ -56,7 +77,138 @@ def iter_stories(files: Iterable) -> Iterator[str]:
     if not files:
         raise DataFileError("no data files given")
     for path in files:
-        if not path.is_file():
-            raise DataFileError(f"{path}: no such file")
+        check_data_file(path)
     for path in files:
-        yield from read_stories(path)
+        yield from iter_file_stories(path)
+
+
+def _txt_examples(paths, fingerprint=None):
+    """Generator for datasets' from_generator; `fingerprint` (sizes and mtimes) keys the cache to the contents."""
+    for path in paths:
+        for story in iter_file_stories(path):
+            yield {"text": story}
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(default="roneneldan/TinyStories",
+                              metadata={"help": "Hub dataset id or local dataset folder (when no --train_file)"})
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
+    train_file: list[str] | None = field(default=None, metadata={"help": ".txt (TinyStories), .json/.jsonl, .parquet"})
+    validation_file: list[str] | None = field(default=None, metadata={"help": "same formats as --train_file"})
+    text_column: str = field(default="text", metadata={"help": "the text field of .json/.parquet/Hub data"})
+    validation_split_percentage: float = field(default=2.0, metadata={
+        "help": "share of the training data held out when there is no validation file or split"})
+    block_size: int | None = field(default=None, metadata={"help": "tokens per row; default: the model's positions"})
+    packing: bool = field(default=True, metadata={
+        "help": "pack stories into full blocks with <|endoftext|> between them; --no_packing: one story per row"})
+    streaming: bool = field(default=False, metadata={"help": "stream the data instead of loading it (large corpora)"})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenization"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training stories"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation stories"})
+    eval_subset_blocks: int | None = field(default=None, metadata={
+        "help": "evaluations during training use the first N validation rows; the final one uses all"})
+
+
+def _load_files(files: list[str], streaming: bool, text_column: str):
+    import datasets
+
+    paths = [check_data_file(f) for f in files]
+    kinds = {TEXT_SUFFIXES.get(p.suffix) for p in paths}
+    if None in kinds or len(kinds) != 1:
+        raise DataFileError(f"data files must all be one of {sorted(TEXT_SUFFIXES)}, got {[str(p) for p in paths]}")
+    kind = kinds.pop()
+    if kind == "txt":
+        stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+        builder = datasets.IterableDataset if streaming else datasets.Dataset
+        return builder.from_generator(_txt_examples, gen_kwargs={"paths": [str(p) for p in paths],
+                                                                 "fingerprint": stamp})
+    data = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train", streaming=streaming)
+    columns = data.column_names if data.column_names is not None else list(next(iter(data)))
+    if text_column not in columns:
+        raise DataFileError(f"{paths[0]}: no {text_column!r} field (fields: {columns}); set --text_column")
+    return _text_only(data, text_column)
+
+
+def _text_only(data, text_column: str):
+    data = data.select_columns([text_column])
+    return data.rename_column(text_column, "text") if text_column != "text" else data
+
+
+def load_raw_datasets(args: DataArguments, seed: int = 42):
+    """A DatasetDict (IterableDatasetDict when streaming) with "train" and "validation", each with "text"."""
+    import datasets
+
+    if args.train_file:
+        raw = datasets.DatasetDict({"train": _load_files(args.train_file, args.streaming, args.text_column)})
+    else:
+        try:
+            raw = datasets.load_dataset(args.dataset_name, args.dataset_config, streaming=args.streaming)
+        except Exception as error:  # noqa: BLE001 - offline, unknown id, bad folder: one clear message
+            raise DataFileError(f"could not load dataset {args.dataset_name!r} ({type(error).__name__}: {error}); "
+                                "offline, pass local files with --train_file/--validation_file") from None
+        raw = {split: _text_only(data, args.text_column) for split, data in raw.items()}
+    if args.validation_file:
+        raw["validation"] = _load_files(args.validation_file, args.streaming, args.text_column)
+    elif "validation" not in raw:
+        raw = _hold_out(raw["train"], args, seed)
+    if args.max_train_samples:
+        raw["train"] = raw["train"].take(args.max_train_samples)
+    if args.max_eval_samples:
+        raw["validation"] = raw["validation"].take(args.max_eval_samples)
+    kind = datasets.IterableDatasetDict if args.streaming else datasets.DatasetDict
+    return kind({"train": raw["train"], "validation": raw["validation"]})
+
+
+def _hold_out(train, args: DataArguments, seed: int) -> dict:
+    if args.streaming:  # no length to split by: hold out the first stories
+        held = max(1, int(10_000 * args.validation_split_percentage / 100))
+        return {"train": train.skip(held), "validation": train.take(held)}
+    split = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
+    return {"train": split["train"], "validation": split["test"]}
+
+
+def tokenize_datasets(raw, tokenizer, block_size: int, packing: bool = True, num_proc: int | None = None):
+    """Tokenized (and, by default, packed) datasets with input_ids and labels, plus validation statistics
+    {"tokens", "bytes"} for bits per byte. Packing: stories joined with <|endoftext|> and cut into full blocks
+    of block_size (the tail of each 1,000-story group is dropped). Otherwise one story per row, truncated."""
+    eos = tokenizer.eos_token_id
+    streaming = not hasattr(raw["train"], "cache_files")
+    map_kwargs = {} if streaming else {"num_proc": num_proc, "desc": "tokenizing"}
+
+    def tokenize(batch):
+        ids = [row + [eos] for row in tokenizer(batch["text"], add_special_tokens=False).input_ids]
+        if not packing:
+            ids = [row[:block_size] for row in ids]
+        return {"input_ids": ids, "n_bytes": [len(text.encode("utf-8")) for text in batch["text"]]}
+
+    tokenized = raw.map(tokenize, batched=True, remove_columns=["text"], **map_kwargs)
+    stats = _validation_statistics(tokenized["validation"], streaming)
+
+    def pack(batch):
+        stream = list(itertools.chain.from_iterable(batch["input_ids"]))
+        blocks = [stream[i:i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    def label(batch):
+        return {"labels": batch["input_ids"]}
+
+    pack_kwargs = {} if streaming else {"num_proc": num_proc, "desc": "packing" if packing else "labelling"}
+    processed = tokenized.map(pack if packing else label, batched=True,
+                              remove_columns=["input_ids", "n_bytes"] if packing else ["n_bytes"], **pack_kwargs)
+    return processed, stats
+
+
+def _validation_statistics(validation, streaming: bool, sample: int = 2000) -> dict:
+    rows = validation.take(sample) if streaming else validation
+    tokens = sum(len(ids) for ids in rows["input_ids"]) if not streaming else 0
+    n_bytes = sum(rows["n_bytes"]) if not streaming else 0
+    if streaming:
+        for row in rows:
+            tokens, n_bytes = tokens + len(row["input_ids"]), n_bytes + row["n_bytes"]
+    if not tokens:
+        raise DataFileError("the validation data is empty")
+    return {"tokens": tokens, "bytes": n_bytes, "estimated_from": sample if streaming else None}

