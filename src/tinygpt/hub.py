@@ -136,7 +136,8 @@ def _training_sections(summary: dict, has_plot: bool) -> list[str]:
                                            f"{hyper.get('weight_decay')}"),
             ("bf16 autocast", training.get("bf16")), ("training time (s)", _round(training.get("train_runtime_s")))]
     lines = ["## Training", f"Command: `{summary.get('command', '')}`", "| setting | value |", "|---|---|"]
-    lines += [f"| {name} | {value if not isinstance(value, int) else f'{value:,}'} |" for name, value in rows]
+    lines += [f"| {name} | {f'{value:,}' if isinstance(value, int) and not isinstance(value, bool) else value} |"
+              for name, value in rows]
     sections = ["\n".join(lines[:2]), "\n".join(lines[2:])]
     if results:
         sections += ["## Results (validation)", "| validation loss | perplexity | bits per byte |\n|--:|--:|--:|\n"
