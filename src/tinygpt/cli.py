@@ -3,6 +3,8 @@
     tinygpt presets                                   # the named model sizes and their parameter counts
     tinygpt generate --model DIR "Once upon a time"   # stream a story from a saved model
     tinygpt eval --model DIR --data valid.txt         # loss, perplexity, bits per byte
+    tinygpt app --model DIR                           # the story playground in the browser (Gradio)
+    tinygpt space --model-id USER/NAME --out DIR      # a Hugging Face Space folder running that playground
     tinygpt tokenizer prune --data train.txt --vocab-size 8000 --out tokenizer-8k [--source SRC]
     tinygpt tokenizer train --data train.txt --vocab-size 8000 --out tokenizer-bpe-8k
 """
@@ -71,6 +73,32 @@ def _check_model_folder(model: str) -> None:
         raise ValueError(f"model folder {model!r} does not exist")
 
 
+def cmd_app(args) -> None:
+    from .app import build_app
+
+    _check_model_folder(args.model)
+    build_app(args.model).launch(server_name=args.host, server_port=args.port, show_error=True)
+
+
+def cmd_space(args) -> None:
+    """A Space folder: the self-contained app, its requirements, and a README with Space metadata."""
+    import shutil
+    from pathlib import Path
+
+    from . import app
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(app.__file__, out / "app.py")
+    (out / "requirements.txt").write_text("torch\ntransformers>=5,<6\ngradio>=5\n")
+    (out / "README.md").write_text(
+        f"---\ntitle: TinyGPT story playground\nemoji: 📖\nsdk: gradio\napp_file: app.py\n"
+        f"models:\n- {args.model_id}\nvariables:\n  TINYGPT_MODEL: {args.model_id}\n---\n\n"
+        f"Write stories with [{args.model_id}](https://huggingface.co/{args.model_id}), a TinyGPT trained on "
+        "TinyStories.\n", encoding="utf-8")
+    print(f"wrote a Space for {args.model_id} to {out}: app.py, requirements.txt, README.md")
+
+
 def cmd_tokenizer(args) -> None:
     import json
     from pathlib import Path
@@ -111,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=cmd_generate)
+
+    app = commands.add_parser("app", help="the story playground (Gradio) on localhost")
+    app.add_argument("--model", required=True, help="a model folder or Hub id")
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=7860)
+    app.set_defaults(run=cmd_app)
+
+    space = commands.add_parser("space", help="write a Hugging Face Space folder for a published model")
+    space.add_argument("--model-id", required=True, help="the model's Hub id, USER/NAME")
+    space.add_argument("--out", required=True)
+    space.set_defaults(run=cmd_space)
 
     evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
     evaluate.add_argument("--model", required=True)

@@ -1,0 +1,118 @@
+"""Story playground: a Gradio page to write stories with a trained TinyGPT.
+
+    tinygpt app --model runs/cpu            # http://127.0.0.1:7860
+
+Self-contained (gradio, torch and transformers only, the model loaded with trust_remote_code), so the same
+file runs as the `app.py` of a Hugging Face Space: `tinygpt space` writes such a Space folder.
+"""
+
+import functools
+import os
+import threading
+
+import gradio as gr
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
+                          TextIteratorStreamer)
+
+DEFAULT_MODEL = os.environ.get("TINYGPT_MODEL", "runs/cpu")
+EXAMPLE_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because",
+                   "Tom had a red ball. One day,"]
+
+
+@functools.lru_cache(maxsize=2)
+def load(model: str):
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation once the page's Stop button (or a closed connection) sets the event."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.event.is_set()
+
+
+def _number(name: str, value, low: float, high: float, integer: bool = False):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}") from None
+    if integer and number != int(number):
+        raise gr.Error(f"{name} must be a whole number, got {value!r}")
+    if not low <= number <= high:
+        raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return int(number) if integer else number
+
+
+def write_story(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+    """Stream a story for the prompt; every bad value becomes a message in the page."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise gr.Error("Write a prompt first (for example: Once upon a time)")
+    try:
+        tokenizer, lm = load(model)
+    except (OSError, ValueError) as error:
+        raise gr.Error(f"could not load the model {model!r}: {error}") from None
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    room = lm.config.max_position_embeddings - ids.shape[1]
+    max_new_tokens = _number("Max new tokens", max_new_tokens, 1, 100_000, integer=True)
+    if max_new_tokens > room:
+        raise gr.Error(f"Max new tokens ({max_new_tokens}) is too many: the model has "
+                       f"{lm.config.max_position_embeddings} positions and the prompt takes {ids.shape[1]}, "
+                       f"so at most {room}")
+    settings = dict(temperature=_number("Temperature", temperature, 0.05, 5.0),
+                    top_k=_number("Top-k", top_k, 0, lm.config.vocab_size, integer=True),
+                    top_p=_number("Top-p", top_p, 0.01, 1.0),
+                    repetition_penalty=_number("Repetition penalty", repetition_penalty, 0.5, 3.0))
+    seed = _number("Seed", seed, 0, 2**32 - 1, integer=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop = threading.Event()
+
+    def run():
+        torch.manual_seed(seed)  # the queue serves one story at a time, so the seed alone fixes the sample
+        lm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=max_new_tokens,
+                    streamer=streamer, pad_token_id=tokenizer.eos_token_id,
+                    stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]), **settings)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    story = prompt
+    try:
+        for piece in streamer:
+            story += piece
+            yield story
+    finally:  # Stop pressed or the page closed: end the generation thread too
+        stop.set()
+        worker.join()
+
+
+def build_app(model: str = DEFAULT_MODEL) -> gr.Blocks:
+    with gr.Blocks(title="TinyGPT story playground") as app:
+        gr.Markdown("# TinyGPT story playground\nType the start of a story; the model continues it.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                model_box = gr.Textbox(value=model, label="Model (folder or Hub id)")
+                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Once upon a time", elem_id="prompt")
+                gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
+            with gr.Column(scale=1):
+                max_new_tokens = gr.Number(value=200, label="Max new tokens", precision=0)
+                temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature")
+                top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
+                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+                repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+                seed = gr.Number(value=0, label="Seed", precision=0)
+        story = gr.Textbox(label="Story", lines=14, elem_id="story")
+        event = generate.click(write_story, [model_box, prompt, max_new_tokens, temperature, top_k, top_p,
+                                             repetition_penalty, seed], story, api_name="generate")
+        stop.click(None, cancels=[event])
+    return app.queue(default_concurrency_limit=1)  # users wait their turn; their stories never mix
+
+
+if __name__ == "__main__":
+    build_app().launch(show_error=True)
