@@ -13,7 +13,9 @@ The seed's run (41M parameters, 8K vocabulary, batch 16 x 5, one epoch; wants a 
 Continue an interrupted run (from its last complete checkpoint):   add --resume
 Use an existing tokenizer folder:                                 --tokenizer DIR
 Start from a TinyGPT or GPT-Neo checkpoint:                      --init_from DIR_OR_HUB_ID
-Distributed (DDP), unchanged:   torchrun --nproc_per_node 2 train_hf.py ...   or   accelerate launch train_hf.py ...
+Distributed (DDP), unchanged:   torchrun --nproc_per_node 2 train_hf.py ...
+                                 accelerate launch --multi_gpu --num_processes 2 train_hf.py ...
+(on CPUs add --ddp_backend gloo; --multi_gpu only selects accelerate's torchrun launcher)
 
 Every TrainingArguments option works as well (--max_steps, --learning_rate, --bf16, ...); dashes are accepted
 for underscores. See `python train_hf.py --help`.

@@ -197,3 +197,15 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(corpus, 
     assert len(one) == len(two) == 6
     # the same 4 blocks per step, split over two processes: equal up to float reduction order
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-3, atol=1e-3)
+
+
+def test_streaming_packs_the_same_blocks(corpus):
+    train, valid = corpus
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(corpus))
+    args = dict(train_file=[str(train)], validation_file=[str(valid)])
+    loaded, _ = tokenize_datasets(load_raw_datasets(DataArguments(**args)), tokenizer, block_size=64)
+    streamed, stats = tokenize_datasets(load_raw_datasets(DataArguments(**args, streaming=True)), tokenizer,
+                                        block_size=64)
+    blocks = [row["input_ids"] for row in streamed["train"].take(5)]
+    assert blocks == loaded["train"]["input_ids"][:5]
+    assert stats["tokens"] > 0 and stats["estimated_from"] == 2000

@@ -87,7 +87,7 @@ def parse_arguments(argv: list[str]):
     """(model, data, training) arguments, with the chosen recipe's values under the command line's."""
     preset = ModelArguments.preset
     for i, arg in enumerate(argv):
-        if arg in ("--preset",) and i + 1 < len(argv):
+        if arg == "--preset" and i + 1 < len(argv):
             preset = argv[i + 1]
         elif arg.startswith("--preset="):
             preset = arg.split("=", 1)[1]
