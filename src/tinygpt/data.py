@@ -203,12 +203,10 @@ def tokenize_datasets(raw, tokenizer, block_size: int, packing: bool = True, num
 
 
 def _validation_statistics(validation, streaming: bool, sample: int = 2000) -> dict:
-    rows = validation.take(sample) if streaming else validation
-    tokens = sum(len(ids) for ids in rows["input_ids"]) if not streaming else 0
-    n_bytes = sum(rows["n_bytes"]) if not streaming else 0
-    if streaming:
-        for row in rows:
-            tokens, n_bytes = tokens + len(row["input_ids"]), n_bytes + row["n_bytes"]
+    rows = validation.take(sample) if streaming else validation  # a stream has no end to count to
+    tokens = n_bytes = 0
+    for row in rows:
+        tokens, n_bytes = tokens + len(row["input_ids"]), n_bytes + row["n_bytes"]
     if not tokens:
         raise DataFileError("the validation data is empty")
     return {"tokens": tokens, "bytes": n_bytes, "estimated_from": sample if streaming else None}
