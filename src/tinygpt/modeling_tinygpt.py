@@ -66,13 +66,14 @@ def build_attention_masks(config, inputs_embeds, attention_mask, past_key_values
     Global layers get the causal (+ padding) mask; local layers the same restricted to the window: a query
     at position i sees keys i - window_size + 1 .. i, exactly GPT-Neo's local attention.
     Masks are built per call for the actual (T, S), never as a max_positions^2 buffer; where plain causal
-    attention suffices the utilities return None and SDPA runs with is_causal.
+    attention suffices the utilities return None and SDPA runs with is_causal. Keyed by transformers' layer
+    types ("full_attention", "sliding_attention"), as generate() keys the masks it builds for a static cache.
     """
     kwargs = dict(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                   past_key_values=past_key_values, position_ids=position_ids)
-    masks = {"global": create_causal_mask(**kwargs)}
-    if "local" in config.attention_types:
-        masks["local"] = create_sliding_window_causal_mask(**kwargs)
+    masks = {"full_attention": create_causal_mask(**kwargs)}
+    if "sliding_attention" in config.layer_types:
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
     return masks
 
 
@@ -102,7 +103,7 @@ class TinyGPTAttention(nn.Module):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
-        self.attention_type = config.attention_types[layer_idx]
+        self.layer_type = config.layer_types[layer_idx]  # "full_attention" (global) or "sliding_attention" (local)
         self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
         # GPT-Neo does not scale scores by 1/sqrt(hs); its weights were trained that way.
         self.scaling = self.head_dim**-0.5 if config.scale_attention_scores else 1.0
@@ -125,7 +126,7 @@ class TinyGPTAttention(nn.Module):
             self, query, key, value, attention_mask,
             scaling=self.scaling,
             dropout=self.config.attention_dropout if self.training else 0.0,
-            sliding_window=self.config.window_size if self.attention_type == "local" else None,
+            sliding_window=self.config.window_size if self.layer_type == "sliding_attention" else None,
             **kwargs,
         )  # output (B, T, nh, hs)
         output = self.out_proj(output.reshape(B, T, C))  # (B, T, C)
@@ -213,21 +214,25 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        # The checks read values (a device sync, a graph break): eager only, a compiled decode step skips them.
+        checking = not torch.compiler.is_compiling()
         if inputs_embeds is None:
-            check_input_ids(input_ids, self.config.vocab_size)
+            if checking:
+                check_input_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             position_ids = self._default_position_ids(inputs_embeds, attention_mask, past_key_values)
-        check_positions(position_ids, self.config.max_position_embeddings)
+        if checking:
+            check_positions(position_ids, self.config.max_position_embeddings)
 
         # generate() may hand us masks already built for a compileable cache
         masks = attention_mask if isinstance(attention_mask, dict) else build_attention_masks(
             self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds + self.embed_positions(position_ids))  # (B, T, C)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, masks[layer.attn.attention_type], past_key_values, **kwargs)
+            hidden_states = layer(hidden_states, masks[layer.attn.layer_type], past_key_values, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
 
     @staticmethod
