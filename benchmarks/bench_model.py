@@ -8,7 +8,8 @@ Measured, alternating the two models after a warm-up, medians over the repeats:
   (each in a fresh process, so peak RSS above the loaded model and optimizer is the step's own memory);
 - prefill latency of 512 tokens at batch 1;
 - greedy generation tokens/s at batch 1 and 8 (256 new tokens), and at a long context (a 2,048-position
-  variant generating 1,500 tokens), with the KV-cache bytes held at the end;
+  variant generating 1,500 tokens), with the KV-cache bytes held at the end; TinyGPT both eager and with the
+  optional compiled decode step (tinygpt.compiled.CompiledGenerator; its compile time is in the warm-up);
 - the same training and batch-1 generation figures for the CPU preset's model.
 Also: model FLOP utilisation against a measured matrix-product peak, and batch-1 generation speed against the
 memory-bandwidth bound (bytes of weights read per token / measured read bandwidth).
@@ -27,6 +28,7 @@ import torch
 from transformers import GPTNeoForCausalLM, HfArgumentParser
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.compiled import CompiledGenerator
 from tinygpt.convert import tinygpt_config_to_gpt_neo, tinygpt_to_gpt_neo
 
 
@@ -36,11 +38,12 @@ class Args:
     train_worker: str | None = None  # internal: "model,preset,precision,positions"
 
 
-def build(preset: str, positions: int | None = None):
+def build(preset: str, positions: int | None = None) -> dict:
+    """TinyGPT eager, the same model with the compiled decode step, and GPT-Neo with the same weights."""
     overrides = {"max_position_embeddings": positions} if positions else {}
     torch.manual_seed(0)
     ours = TinyGPTForCausalLM(TinyGPTConfig.from_preset(preset, **overrides)).eval()
-    return ours, tinygpt_to_gpt_neo(ours).eval()
+    return {"ours": ours, "compiled": CompiledGenerator(ours), "neo": tinygpt_to_gpt_neo(ours).eval()}
 
 
 def matmul_flops(model) -> int:
@@ -103,10 +106,12 @@ def run_train(which, preset, precision, steps) -> dict:
 
 @torch.no_grad()
 def generate_rate(model, batch: int, new_tokens: int, prompt: int = 16) -> tuple[float, int]:
-    ids = torch.randint(0, model.config.vocab_size - 1, (batch, prompt), generator=torch.Generator().manual_seed(1))
+    """model: a model or a CompiledGenerator. Returns tokens/s and the bytes the cache holds at the end."""
+    config = model.model.config if isinstance(model, CompiledGenerator) else model.config
+    ids = torch.randint(0, config.vocab_size - 1, (batch, prompt), generator=torch.Generator().manual_seed(1))
     start = time.perf_counter()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.eos_token_id,
+                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=config.eos_token_id,
                          return_dict_in_generate=True)
     elapsed = time.perf_counter() - start
     cache = out.past_key_values
@@ -185,29 +190,35 @@ def main():
             mfu.append(f"{label} {precision}: TinyGPT {100 * ours['tokens_per_s'] * ours['flops_per_token'] / 1e9 / peak:.0f}%"
                        f", GPT-Neo {100 * neo['tokens_per_s'] * neo['flops_per_token'] / 1e9 / peak:.0f}% of the "
                        f"{precision} matmul peak")
-        ours_model, neo_model = build(preset)
-        models = {"ours": ours_model, "neo": neo_model}
+        models = build(preset)
+        eager = {"ours": models["ours"], "neo": models["neo"]}
+        short = label.split(",")[0]
         if preset == "tinystories-41m":
-            prefill = alternate(prefill_ms, models, repeats)
+            prefill = alternate(prefill_ms, eager, repeats)
             lines.append(row("prefill latency, 512 tokens, batch 1", prefill["ours"], prefill["neo"], "ms",
                              higher_is_better=False))
         for batch in ((1, 8) if preset == "tinystories-41m" else (1,)):
             rates = alternate(lambda m: generate_rate(m, batch, 256)[0], models, repeats)
-            lines.append(row(f"greedy generation, batch {batch}, 256 new tokens ({label.split(',')[0]})",
-                             rates["ours"], rates["neo"], "tokens/s", "{:,.1f}"))
+            name = f"greedy generation, batch {batch}, 256 new tokens ({short})"
+            lines.append(row(name, rates["ours"], rates["neo"], "tokens/s", "{:,.1f}"))
+            lines.append(row(name + ", compiled decode", rates["compiled"], rates["neo"], "tokens/s", "{:,.1f}"))
             if batch == 1:
-                bound = peaks["read_gb_s"] * 1e9 / weight_bytes_per_token(ours_model)
-                mfu.append(f"{label.split(',')[0]} batch-1 generation: TinyGPT {100 * rates['ours'] / bound:.0f}%, "
-                           f"GPT-Neo {100 * rates['neo'] / bound:.0f}% of the memory-bandwidth bound "
-                           f"({bound:.0f} tokens/s = {peaks['read_gb_s']:.1f} GB/s / "
-                           f"{weight_bytes_per_token(ours_model) / 1e6:.0f} MB of weights)")
-    ours_model, neo_model = build("tinystories-41m", positions=2048)
-    long_ours, cache_ours = generate_rate(ours_model, 1, 1500)
-    long_neo, cache_neo = generate_rate(neo_model, 1, 1500)
-    lines.append(row("greedy generation, long context (2,048 positions, 1,500 new tokens)", long_ours, long_neo,
-                     "tokens/s", "{:,.1f}"))
-    lines.append(row("KV cache held after 1,516 tokens", cache_ours / 1e6, cache_neo / 1e6, "MB", "{:,.1f}",
-                     higher_is_better=False))
+                weights = weight_bytes_per_token(models["ours"])
+                bound = peaks["read_gb_s"] * 1e9 / weights
+                mfu.append(f"{short} batch-1 generation: TinyGPT {100 * rates['ours'] / bound:.0f}% eager, "
+                           f"{100 * rates['compiled'] / bound:.0f}% compiled, GPT-Neo {100 * rates['neo'] / bound:.0f}%"
+                           f" of the memory-bandwidth bound ({bound:.0f} tokens/s = {peaks['read_gb_s']:.1f} GB/s / "
+                           f"{weights / 1e6:.0f} MB of weights)")
+    models = build("tinystories-41m", positions=2048)
+    generate_rate(models["compiled"], 1, 1500)  # warm-up: compiles for this cache length
+    long = {name: generate_rate(model, 1, 1500) for name, model in models.items()}
+    name = "greedy generation, long context (2,048 positions, 1,500 new tokens)"
+    lines.append(row(name, long["ours"][0], long["neo"][0], "tokens/s", "{:,.1f}"))
+    lines.append(row(name + ", compiled decode", long["compiled"][0], long["neo"][0], "tokens/s", "{:,.1f}"))
+    lines.append(row("KV cache held after 1,516 tokens", long["ours"][1] / 1e6, long["neo"][1] / 1e6, "MB",
+                     "{:,.1f}", higher_is_better=False))
+    lines.append(row("KV cache held after 1,516 tokens, compiled decode (static, 1,536 slots)",
+                     long["compiled"][1] / 1e6, long["neo"][1] / 1e6, "MB", "{:,.1f}", higher_is_better=False))
     print("\n".join(lines))
     print("\nmodel FLOP utilisation and bandwidth:\n" + "\n".join(f"- {line}" for line in mfu))
 

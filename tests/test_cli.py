@@ -19,6 +19,9 @@ def test_generate_streams_text_and_rejects_bad_input(tmp_path):
     saved_model_with_tokenizer(tmp_path)
     result = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "Once upon a time")
     assert result.returncode == 0 and result.stdout.startswith("Once upon a time")
+    compiled = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "--compile",
+                       "Once upon a time")
+    assert compiled.returncode == 0 and compiled.stdout == result.stdout
     too_long = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "100", "Once upon a time")
     assert too_long.returncode == 2 and "exceeds the model's 64 positions" in too_long.stderr
     missing = tinygpt("generate", "--model", str(tmp_path / "nope"), "hi")

@@ -26,6 +26,12 @@ def test_compiled_generation_matches_eager_across_calls_shapes_and_weight_change
         assert torch.equal(got, expected)
     got, expected = generate_both(model, generator, ids[:1], do_sample=True)  # another batch size, sampling
     assert torch.equal(got, expected)
+    # a third batch size, then a second generator of the same model: each must get the cache its graph uses
+    wider = torch.randint(0, model.config.vocab_size, (3, 4), generator=torch.Generator().manual_seed(1))
+    got, expected = generate_both(model, generator, wider, do_sample=False)
+    assert torch.equal(got, expected)
+    got, expected = generate_both(model, CompiledGenerator(model), ids, do_sample=False)
+    assert torch.equal(got, expected)
 
     with torch.no_grad():  # frozen weights are constants of the compiled code: a change must recompile
         for parameter in model.parameters():

@@ -12,20 +12,25 @@ Inductor's CPU GEMM template (`max_autotune`) with prepacked weights (`freezing`
 Why a wrapper and not just `model.generate(cache_implementation="static", compile_config=...)`:
 - freezing is honoured only when inductor's config is patched around the call that compiles (passing it in
   `torch.compile(options=...)` is silently ignored), and without it the compiled step is no faster;
-- freezing also bakes the StaticCache's tensors into the graph, and generate() builds a new cache on every
-  call, so a second call would read the first call's cache. Here each (batch, length) shape gets one cache
-  that lives as long as the generator and is reset between calls.
+- a compiled graph is tied to the StaticCache it was compiled with (a second cache of the same shape makes it
+  fail or read the wrong memory), and generate() builds a new cache on every call. Here each model gets one
+  cache per (batch, length) shape, shared by all its generators and reset between calls, and the caches'
+  shapes are marked static, so a new shape compiles its own graph instead of going dynamic.
 Frozen weights are constants of the compiled code: if the weights change (training, load_state_dict), the
 generator notices through the tensors' version counters and compiles again.
 """
 
 import math
+import weakref
 
 import torch
 from torch._inductor import config as inductor_config
 from transformers import CompileConfig, StaticCache
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so prompts of any length share a few compiled shapes
+
+# Per model, shared by all its generators: the weights' version when compiled, and one cache per shape.
+_STATE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 class CompiledGenerator:
@@ -34,8 +39,7 @@ class CompiledGenerator:
         self.compile_config = CompileConfig(fullgraph=False, dynamic=None, mode=None)
         # generate() compiles only on accelerators unless told otherwise (a transformers switch for this purpose)
         self.compile_config._compile_all_devices = True
-        self._caches: dict[tuple[int, int], StaticCache] = {}
-        self._weights_version = self._version()
+        self._state = _STATE.setdefault(model, {"version": self._version(), "caches": {}})
 
     def _version(self) -> int:
         return sum(p._version for p in self.model.parameters())
@@ -43,28 +47,34 @@ class CompiledGenerator:
     def _cache_for(self, batch_size: int, length: int) -> StaticCache:
         limit = self.model.config.max_position_embeddings
         length = min(limit, math.ceil(length / CACHE_BUCKET) * CACHE_BUCKET)
-        cache = self._caches.get((batch_size, length))
-        if cache is None:
-            cache = self._caches[(batch_size, length)] = StaticCache(config=self.model.config, max_cache_len=length)
-        else:
+        caches, key = self._state["caches"], (batch_size, length, self.model.dtype, self.model.device)
+        cache = caches.get(key)
+        if cache is not None:
             cache.reset()
+            return cache
+        config = self.model.config
+        cache = caches[key] = StaticCache(config=config, max_cache_len=length)
+        cache.early_initialization(batch_size, config.num_attention_heads, config.head_dim, self.model.dtype,
+                                   self.model.device)
+        for layer in cache.layers:  # see the module docstring: one compiled graph per cache, never shared
+            for tensor in (layer.keys, layer.values):
+                torch._dynamo.mark_static(tensor)
         return cache
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs):
         """`model.generate(input_ids, max_new_tokens=..., **kwargs)` with the compiled decode step."""
-        if self._version() != self._weights_version:  # the compiled code holds the old weights as constants
+        if self._version() != self._state["version"]:  # the compiled code holds the old weights as constants
             torch.compiler.reset()
-            self._caches.clear()
-            self._weights_version = self._version()
+            self._state.update(version=self._version(), caches={})
         B, T = input_ids.shape
         num_sequences = B * kwargs.get("num_return_sequences", 1) * kwargs.get("num_beams", 1)
         if T + max_new_tokens > self.model.config.max_position_embeddings:
             raise ValueError(f"prompt ({T} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's "
                              f"{self.model.config.max_position_embeddings} positions")
         cache = self._cache_for(num_sequences, T + max_new_tokens)
-        # Each shape compiles up to three graphs (first step, then the cache length made symbolic, then the
-        # local layers' window full); the limit is raised so several shapes fit before dynamo gives up.
+        # Each shape compiles up to three graphs (first step, then the local layers' fill count made symbolic,
+        # then their window full); the limit is raised so several shapes fit before dynamo gives up.
         compiling = inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0)
         with compiling, torch._dynamo.config.patch(recompile_limit=64):
             return self.model.generate(input_ids, max_new_tokens=max_new_tokens, past_key_values=cache,

