@@ -114,7 +114,7 @@ def generate_rate(model, batch: int, new_tokens: int, prompt: int = 16) -> tuple
                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=config.eos_token_id,
                          return_dict_in_generate=True)
     elapsed = time.perf_counter() - start
-    cache = out.past_key_values
+    cache = out.cache
     cache_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
                       if t is not None)
     return batch * new_tokens / elapsed, cache_bytes

@@ -15,7 +15,7 @@ def test_cached_logits_equal_uncached_at_every_step_past_the_window(attn):
     cache = DynamicCache(config=model.config)
     step_input = ids
     for step in range(40):  # 5 + 40 tokens: the window of 8 is passed five times over
-        cached = model(step_input, past_key_values=cache, use_cache=True).logits[:, -1]
+        cached = model(step_input, cache=cache, use_cache=True).logits[:, -1]
         uncached = model(ids).logits[:, -1]
         torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-5, msg=f"step {step}")
         step_input = cached.argmax(-1, keepdim=True)
@@ -30,15 +30,27 @@ def test_chunked_prefill_with_a_cache_equals_one_pass():
     model = tiny_model()
     ids = torch.randint(0, 97, (1, 30))
     cache = DynamicCache(config=model.config)
-    chunks = [model(ids[:, s:s + 10], past_key_values=cache, use_cache=True).logits for s in (0, 10, 20)]
+    chunks = [model(ids[:, s:s + 10], cache=cache, use_cache=True).logits for s in (0, 10, 20)]
     torch.testing.assert_close(torch.cat(chunks, dim=1), model(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_the_pre_5_24_past_key_values_name_still_reaches_the_cache():
+    """Callers written for older transformers pass `past_key_values=`: it is renamed, not silently dropped."""
+    model = tiny_model()
+    ids = torch.randint(0, 97, (1, 12))
+    cache = DynamicCache(config=model.config)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        first = model(ids[:, :8], past_key_values=cache, use_cache=True)
+    assert first.cache is cache and cache.get_seq_length() == 8
+    rest = model(ids[:, 8:], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(rest, model(ids).logits[:, 8:], rtol=0, atol=1e-5)
 
 
 def test_generate_uses_a_sliding_window_cache():
     model = tiny_model()
     out = model.generate(torch.randint(0, 96, (1, 4)), max_new_tokens=30, min_new_tokens=30, do_sample=False,
                          pad_token_id=96, return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = out.cache
     assert [layer.is_sliding for layer in cache.layers] == [False, True, False, True]
     assert cache.layers[1].keys.shape[-2] == WINDOW - 1
     assert cache.layers[0].keys.shape[-2] == 33

@@ -77,5 +77,5 @@ class CompiledGenerator:
         # then their window full); the limit is raised so several shapes fit before dynamo gives up.
         compiling = inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0)
         with compiling, torch._dynamo.config.patch(recompile_limit=64):
-            return self.model.generate(input_ids, max_new_tokens=max_new_tokens, past_key_values=cache,
+            return self.model.generate(input_ids, max_new_tokens=max_new_tokens, cache=cache,
                                        compile_config=self.compile_config, **kwargs)

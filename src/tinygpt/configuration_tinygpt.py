@@ -59,7 +59,7 @@ class TinyGPTConfig(PretrainedConfig):
     """
 
     model_type = "tinygpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     def __init__(
         self,

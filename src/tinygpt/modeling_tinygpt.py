@@ -14,6 +14,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from transformers.utils.versions import require_version
+
+# 5.24 renamed the KV cache argument and output field from `past_key_values` to `cache`; an older generate()
+# would hand this model its cache under a name it no longer reads and decode without context.
+require_version("transformers>=5.24", "TinyGPT's modeling code uses the `cache` API of transformers 5.24: "
+                "pip install -U 'transformers>=5.24,<6'")
+
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
@@ -22,6 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -60,7 +68,7 @@ def check_positions(position_ids: torch.Tensor, max_position_embeddings: int) ->
         )
 
 
-def build_attention_masks(config, inputs_embeds, attention_mask, past_key_values, position_ids) -> dict:
+def build_attention_masks(config, inputs_embeds, attention_mask, cache, position_ids) -> dict:
     """One mask per attention type, made by transformers' mask utilities for the active backend.
 
     Global layers get the causal (+ padding) mask; local layers the same restricted to the window: a query
@@ -70,7 +78,7 @@ def build_attention_masks(config, inputs_embeds, attention_mask, past_key_values
     types ("full_attention", "sliding_attention"), as generate() keys the masks it builds for a static cache.
     """
     kwargs = dict(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                  past_key_values=past_key_values, position_ids=position_ids)
+                  cache=cache, position_ids=position_ids)
     masks = {"full_attention": create_causal_mask(**kwargs)}
     if "sliding_attention" in config.layer_types:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
@@ -113,13 +121,13 @@ class TinyGPTAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
-    def forward(self, hidden_states, attention_mask, past_key_values: Cache | None = None, **kwargs):
+    def forward(self, hidden_states, attention_mask, cache: Cache | None = None, **kwargs):
         B, T, C = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3, nh, hs)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
-        if past_key_values is not None:
+        if cache is not None:
             # A local layer's cache keeps only its window (DynamicSlidingWindowLayer), a global one everything.
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, S, hs)
 
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
         output, weights = attention(
@@ -164,9 +172,8 @@ class TinyGPTBlock(GradientCheckpointingLayer):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mlp = TinyGPTMLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values: Cache | None = None, **kwargs):
-        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, past_key_values,
-                                                  **kwargs)[0]
+    def forward(self, hidden_states, attention_mask=None, cache: Cache | None = None, **kwargs):
+        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, cache, **kwargs)[0]
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
@@ -182,7 +189,7 @@ class TinyGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TinyGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _can_record_outputs = {"hidden_states": TinyGPTBlock, "attentions": TinyGPTAttention}
 
@@ -200,6 +207,7 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -207,7 +215,7 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -220,27 +228,27 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
             if checking:
                 check_input_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            position_ids = self._default_position_ids(inputs_embeds, attention_mask, past_key_values)
+            position_ids = self._default_position_ids(inputs_embeds, attention_mask, cache)
         if checking:
             check_positions(position_ids, self.config.max_position_embeddings)
 
         # generate() may hand us masks already built for a compileable cache
         masks = attention_mask if isinstance(attention_mask, dict) else build_attention_masks(
-            self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
+            self.config, inputs_embeds, attention_mask, cache, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds + self.embed_positions(position_ids))  # (B, T, C)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, masks[layer.attn.layer_type], past_key_values, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+            hidden_states = layer(hidden_states, masks[layer.attn.layer_type], cache=cache, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 
     @staticmethod
-    def _default_position_ids(inputs_embeds, attention_mask, past_key_values):
+    def _default_position_ids(inputs_embeds, attention_mask, cache):
         T = inputs_embeds.shape[1]
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
             return position_ids_from_attention_mask(attention_mask, T)  # (B, T)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         return torch.arange(past, past + T, device=inputs_embeds.device).unsqueeze(0)  # (1, T)
 
 
@@ -255,13 +263,14 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -271,13 +280,13 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         """labels (B, T) are the input ids themselves: they are shifted inside, and -100 is ignored. Loss kwargs
         such as `num_items_in_batch` reach the loss, so gradient accumulation averages over the right count."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              **kwargs)
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # (B, T', V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
