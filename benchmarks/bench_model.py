@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model.py                 # the whole table, about 10 minutes on 2 cores
     python benchmarks/bench_model.py --quick         # fewer repeats, for a smoke test
+    python benchmarks/bench_model.py --compiled_training   # plus bf16 training with torch.compile (both models)
 
 Measured, alternating the two models after a warm-up, medians over the repeats:
 - training step throughput (tokens/s) and peak memory, batch 4 x 512, float32 and bfloat16 autocast, AdamW
@@ -35,7 +36,8 @@ from tinygpt.convert import tinygpt_config_to_gpt_neo, tinygpt_to_gpt_neo
 @dataclass
 class Args:
     quick: bool = False
-    train_worker: str | None = None  # internal: "model,preset,precision,positions"
+    compiled_training: bool = False  # also train the seed model in bf16 with torch.compile, both models (+2 min)
+    train_worker: str | None = None  # internal: "model,preset,precision,steps,compile"
 
 
 def build(preset: str, positions: int | None = None) -> dict:
@@ -64,11 +66,12 @@ def rss_mb() -> float:
 
 
 def train_worker(spec: str) -> None:
-    which, preset, precision, steps = spec.split(",")
+    which, preset, precision, steps, compile_ = spec.split(",")
     config = TinyGPTConfig.from_preset(preset)
     torch.manual_seed(0)  # speed and memory do not depend on the weights: build only the measured model
     model = TinyGPTForCausalLM(config) if which == "tinygpt" else GPTNeoForCausalLM(tinygpt_config_to_gpt_neo(config))
     model.train()
+    forward = torch.compile(model) if compile_ == "compile" else model  # compiles in the warm-up step
     B, T = 4, 512 if preset == "tinystories-41m" else 256
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
@@ -87,7 +90,7 @@ def train_worker(spec: str) -> None:
             sampler.start()
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -98,8 +101,9 @@ def train_worker(spec: str) -> None:
                       "flops_per_token": train_flops_per_token(model, T)}))
 
 
-def run_train(which, preset, precision, steps) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--train_worker", f"{which},{preset},{precision},{steps}"],
+def run_train(which, preset, precision, steps, compile_="eager") -> dict:
+    spec = f"{which},{preset},{precision},{steps},{compile_}"
+    out = subprocess.run([sys.executable, __file__, "--train_worker", spec],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -190,6 +194,11 @@ def main():
             mfu.append(f"{label} {precision}: TinyGPT {100 * ours['tokens_per_s'] * ours['flops_per_token'] / 1e9 / peak:.0f}%"
                        f", GPT-Neo {100 * neo['tokens_per_s'] * neo['flops_per_token'] / 1e9 / peak:.0f}% of the "
                        f"{precision} matmul peak")
+        if args.compiled_training and preset == "tinystories-41m":
+            ours = run_train("tinygpt", preset, "bf16", steps, "compile")
+            neo = run_train("gpt-neo", preset, "bf16", steps, "compile")
+            lines.append(row(f"training bf16, {label}, both models torch.compile'd", ours["tokens_per_s"],
+                             neo["tokens_per_s"], "tokens/s"))
         models = build(preset)
         eager = {"ours": models["ours"], "neo": models["neo"]}
         short = label.split(",")[0]
