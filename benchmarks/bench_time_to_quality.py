@@ -3,11 +3,15 @@ initial weights and wall-clock budget on this CPU; how soon TinyGPT reaches GPT-
 
     python benchmarks/bench_time_to_quality.py                       # 2 x 12 minutes of training, ~35 minutes
     python benchmarks/bench_time_to_quality.py --budget_minutes 1 --eval_every_steps 5   # a smoke run
+    python benchmarks/bench_time_to_quality.py --fp32_reference --reuse   # + TinyGPT in fp32: does bf16 track it?
 
 Each model trains in its own process with transformers' Trainer (same seed, so the same batches in the same
 order, and the same initial weights through `tinygpt_to_gpt_neo`). The clock counts training steps only
 (forward, backward, optimizer); the periodic evaluations on a fixed validation subset are paused out of it.
-Writes the two loss-versus-time curves to OUT/curves.json and PLOT, and prints the time ratio.
+Writes the two loss-versus-time curves to OUT/curves.json and PLOT, and prints the time ratio. With
+--fp32_reference, TinyGPT also trains in float32 for the same budget, and the bf16 and fp32 validation losses are
+compared at the same steps (a second panel of the plot). With --reuse, runs whose results are already in OUT
+(from an interrupted or earlier invocation with the same arguments) are not trained again.
 """
 
 import json
@@ -54,6 +58,8 @@ class Args:
     eval_blocks: int = 64
     bf16: bool = True
     tokenizer_source: str = default_source()
+    fp32_reference: bool = False  # also train TinyGPT in float32, same budget (+12 minutes by default)
+    reuse: bool = False  # keep results already in OUT instead of training those runs again
     out: str = "runs/time_to_quality"
     plot: str = "docs/time_to_quality.png"
     worker: str | None = None  # internal: "tinygpt" or "gpt-neo"
@@ -106,7 +112,11 @@ def worker(args: Args) -> None:
     trainer.train()
     result = {"model": args.worker, "tokens_per_step": args.batch_size * args.block_size,
               "steps": trainer.state.global_step, "curve": budget.curve}
-    (Path(args.out) / f"{args.worker}.json").write_text(json.dumps(result, indent=1))
+    result_path(args.out, args.worker, args.bf16).write_text(json.dumps(result, indent=1))
+
+
+def result_path(out: str, worker: str, bf16: bool) -> Path:
+    return Path(out) / (f"{worker}.json" if bf16 else f"{worker}-fp32.json")
 
 
 def time_to_reach(curve: list[dict], loss: float) -> float | None:
@@ -119,21 +129,38 @@ def time_to_reach(curve: list[dict], loss: float) -> float | None:
     return None
 
 
-def plot(results: dict, target: float, path: Path) -> None:
+def label(name: str, bf16: bool) -> str:
+    model = "GPT-Neo" if name.startswith("gpt-neo") else "TinyGPT"
+    return f"{model}, {'bf16 autocast' if bf16 and not name.endswith('fp32') else 'float32'}"
+
+
+def plot(results: dict, target: float, bf16: bool, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    reference = "tinygpt fp32" in results
+    fig, axes = plt.subplots(1, 2 if reference else 1, figsize=(12 if reference else 7, 4.2), squeeze=False)
+    ax = axes[0, 0]
     for name, result in results.items():
         curve = result["curve"]
-        ax.plot([p["seconds"] / 60 for p in curve], [p["eval_loss"] for p in curve], marker=".", label=name)
+        ax.plot([p["seconds"] / 60 for p in curve], [p["eval_loss"] for p in curve], marker=".",
+                label=label(name, bf16), linestyle="--" if name == "tinygpt fp32" else "-")
     ax.axhline(target, color="grey", linestyle=":", label=f"GPT-Neo's final loss ({target:.3f})")
     ax.set(xlabel="training time (minutes, evaluations excluded)", ylabel="validation loss",
            title="Same data, tokenizer, recipe, initial weights and budget", ylim=(target - 0.5, target + 2.5))
     ax.grid(alpha=0.3)
     ax.legend()
+    if reference:
+        ax = axes[0, 1]
+        for name in ("tinygpt", "tinygpt fp32"):
+            curve = results[name]["curve"][1:]
+            ax.plot([p["step"] for p in curve], [p["eval_loss"] for p in curve], marker=".",
+                    label=label(name, bf16))
+        ax.set(xlabel="training step", ylabel="validation loss", title="TinyGPT: bf16 autocast against float32")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -146,12 +173,17 @@ def main():
     out = Path(args.out)
     if not (out / "tokenizer" / "tokenizer.json").is_file():
         prune_tokenizer([args.train_file], vocab_size=8000, source=args.tokenizer_source, out_dir=out / "tokenizer")
+    runs = {"gpt-neo": ("gpt-neo", args.bf16), "tinygpt": ("tinygpt", args.bf16)}
+    if args.fp32_reference and args.bf16:
+        runs["tinygpt fp32"] = ("tinygpt", False)
     results = {}
-    for name in ("gpt-neo", "tinygpt"):
-        argv = [sys.executable, __file__, "--worker", name] + [
-            f"--{key}={value}" for key, value in asdict(args).items() if key != "worker"]
-        subprocess.run(argv, check=True)
-        results[name] = json.loads((out / f"{name}.json").read_text())
+    for label, (name, bf16) in runs.items():
+        path = result_path(args.out, name, bf16)
+        if not (args.reuse and path.is_file()):
+            settings = {**asdict(args), "worker": name, "bf16": bf16}
+            subprocess.run([sys.executable, __file__] + [f"--{key}={value}" for key, value in settings.items()
+                                                         if key not in ("fp32_reference", "reuse")], check=True)
+        results[label] = json.loads(path.read_text())
     target = results["gpt-neo"]["curve"][-1]["eval_loss"]
     budget_s = args.budget_minutes * 60
     reached = time_to_reach(results["tinygpt"]["curve"], target)
@@ -166,8 +198,15 @@ def main():
     lines.append(f"TinyGPT reached GPT-Neo's final loss {target:.4f} after "
                  + (f"{reached / 60:.1f} min = {reached / budget_s:.2f} of the budget" if reached is not None
                     else "- (not within the budget)"))
+    if "tinygpt fp32" in results:
+        fp32 = {p["step"]: p["eval_loss"] for p in results["tinygpt fp32"]["curve"]}
+        pairs = [(p["step"], p["eval_loss"], fp32[p["step"]]) for p in results["tinygpt"]["curve"]
+                 if p["step"] in fp32 and p["step"] > 0]
+        step, bf16, ref = max(pairs, key=lambda t: abs(t[1] - t[2]))
+        lines.append(f"TinyGPT bf16 against fp32 at the same {len(pairs)} evaluated steps: largest gap at step {step}"
+                     f" ({bf16:.4f} vs {ref:.4f}, {100 * (bf16 - ref) / ref:+.1f}%)")
     (out / "curves.json").write_text(json.dumps({"summary": lines, "results": results}, indent=1))
-    plot(results, target, Path(args.plot))
+    plot(results, target, args.bf16, Path(args.plot))
     print("\n".join(lines) + f"\nplot: {args.plot}")
 
 

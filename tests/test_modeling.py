@@ -144,3 +144,27 @@ def test_weight_init_follows_gpt_neo():
     assert abs(block.mlp.fc_in.weight.std().item() - 0.02) < 0.002
     assert torch.all(block.mlp.fc_in.bias == 0) and torch.all(block.attn.out_proj.bias == 0)
     assert torch.all(block.attn_norm.weight == 1) and torch.all(block.attn_norm.bias == 0)
+
+
+def test_bfloat16_autocast_training_tracks_float32():
+    """The same 40 AdamW steps from the same weights on the same batches, in float32 and under bfloat16
+    autocast: the bf16 loss curve stays within a few percent of the fp32 one while both fall by more than half
+    (the loss is computed in float32 either way, so rounding does not compound into the optimizer)."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        model = tiny_model(seed=0).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        ids = torch.randint(0, 97, (8, 48), generator=torch.Generator().manual_seed(1))
+        curve = []
+        for _ in range(40):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(ids, labels=ids).loss
+            assert loss.dtype == torch.float32
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            curve.append(loss.item())
+        curves[precision] = torch.tensor(curve)
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert fp32[-1] < 0.5 * fp32[0]
+    assert ((bf16 - fp32).abs() / fp32).max() < 0.05, (fp32, bf16)
