@@ -65,6 +65,15 @@ def rss_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 1e6
 
 
+def train_step(forward, optimizer, ids, precision: str) -> None:
+    """One AdamW step of next-token loss on `ids`, under bfloat16 autocast when precision is "bf16"."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = forward(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_worker(spec: str) -> None:
     which, preset, precision, steps, compile_ = spec.split(",")
     config = TinyGPTConfig.from_preset(preset)
@@ -89,11 +98,7 @@ def train_worker(spec: str) -> None:
             base = rss_mb()
             sampler.start()
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = forward(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(forward, optimizer, ids, precision)
         times.append(time.perf_counter() - start)
     sampling.set()
     sampler.join()

@@ -177,13 +177,13 @@ def main():
     if args.fp32_reference and args.bf16:
         runs["tinygpt fp32"] = ("tinygpt", False)
     results = {}
-    for label, (name, bf16) in runs.items():
+    for key, (name, bf16) in runs.items():
         path = result_path(args.out, name, bf16)
         if not (args.reuse and path.is_file()):
             settings = {**asdict(args), "worker": name, "bf16": bf16}
             subprocess.run([sys.executable, __file__] + [f"--{key}={value}" for key, value in settings.items()
                                                          if key not in ("fp32_reference", "reuse")], check=True)
-        results[label] = json.loads(path.read_text())
+        results[key] = json.loads(path.read_text())
     target = results["gpt-neo"]["curve"][-1]["eval_loss"]
     budget_s = args.budget_minutes * 60
     reached = time_to_reach(results["tinygpt"]["curve"], target)
@@ -202,9 +202,9 @@ def main():
         fp32 = {p["step"]: p["eval_loss"] for p in results["tinygpt fp32"]["curve"]}
         pairs = [(p["step"], p["eval_loss"], fp32[p["step"]]) for p in results["tinygpt"]["curve"]
                  if p["step"] in fp32 and p["step"] > 0]
-        step, bf16, ref = max(pairs, key=lambda t: abs(t[1] - t[2]))
+        step, loss, ref = max(pairs, key=lambda t: abs(t[1] - t[2]))
         lines.append(f"TinyGPT bf16 against fp32 at the same {len(pairs)} evaluated steps: largest gap at step {step}"
-                     f" ({bf16:.4f} vs {ref:.4f}, {100 * (bf16 - ref) / ref:+.1f}%)")
+                     f" ({loss:.4f} vs {ref:.4f}, {100 * (loss - ref) / ref:+.1f}%)")
     (out / "curves.json").write_text(json.dumps({"summary": lines, "results": results}, indent=1))
     plot(results, target, args.bf16, Path(args.plot))
     print("\n".join(lines) + f"\nplot: {args.plot}")

@@ -1,6 +1,6 @@
 """Where the time goes: torch.profiler over a training step and a batch-1 decode of both models, by op family.
 
-    python benchmarks/profile_model.py                # about 2 minutes on 2 cores
+    python benchmarks/profile_model.py                # about 2 minutes on 2 cores (each job in its own process)
 
 Same config and weights as benchmarks/bench_model.py (the seed model, `tinygpt_to_gpt_neo`). Profiles, each in a
 fresh process as in bench_model.py (what earlier steps left in the allocator changes the figures), after a
@@ -21,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import HfArgumentParser
 
+from bench_model import train_step  # benchmarks/ is on the path when this file runs as a script
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import tinygpt_to_gpt_neo
 
@@ -65,18 +66,11 @@ def train_profile(model, precision: str, steps: int = 2) -> dict[str, float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (4, 512), generator=torch.Generator().manual_seed(0))
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()  # warm-up: allocations, optimizer state
+    train_step(model, optimizer, ids, precision)  # warm-up: allocations, optimizer state
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(steps):
-            step()
+            train_step(model, optimizer, ids, precision)
         wall = time.perf_counter() - start
     return by_family(prof, steps, wall)
 
