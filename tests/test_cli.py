@@ -7,7 +7,19 @@ from test_hf_contract import saved_model_with_tokenizer
 
 
 def tinygpt(*args):
-    return subprocess.run([sys.executable, "-m", "tinygpt.cli", *args], capture_output=True, text=True, timeout=120)
+    """`python -m tinygpt ...`, which is the `tinygpt` console script (both call tinygpt.cli.main)."""
+    return subprocess.run([sys.executable, "-m", "tinygpt", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_console_script_and_python_m_tinygpt_are_the_same_command():
+    import shutil
+
+    script = shutil.which("tinygpt")
+    assert script is not None, "the tinygpt console script is not installed (pip install -e .)"
+    console = subprocess.run([script, "presets"], capture_output=True, text=True, timeout=120)
+    assert console.returncode == 0 and console.stdout == tinygpt("presets").stdout
+    usage = tinygpt("no-such-command")
+    assert usage.returncode == 2 and "invalid choice: 'no-such-command'" in usage.stderr
 
 
 def test_presets_lists_the_seed_parameter_count():
@@ -26,3 +38,5 @@ def test_generate_streams_text_and_rejects_bad_input(tmp_path):
     assert too_long.returncode == 2 and "exceeds the model's 64 positions" in too_long.stderr
     missing = tinygpt("generate", "--model", str(tmp_path / "nope"), "hi")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    no_app = tinygpt("app", "--model", str(tmp_path), "--model", str(tmp_path / "nope"))
+    assert no_app.returncode == 2 and "nope' does not exist" in no_app.stderr and "Traceback" not in no_app.stderr

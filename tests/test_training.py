@@ -127,7 +127,9 @@ def test_bad_input_gives_clear_errors(corpus, tmp_path):
              (["--train_file", str(tmp_path / "fields.jsonl")], "no 'text' field"),
              (["--train_file", str(train), "--block_size", "1000"], "--block_size 1000 must be between 2 and the "
                                                                     "model's max_position_embeddings (512)"),
-             (["--train_file", str(train), "--preset", "huge"], "unknown preset 'huge'")]
+             (["--train_file", str(train), "--preset", "huge"], "unknown preset 'huge'"),
+             (["--train_file", str(train), "--config_overrides", "hiden_size=256"],
+              "unknown TinyGPTConfig argument(s): 'hiden_size' (did you mean 'hidden_size'?)")]
     for args, message in cases:
         result = train_hf(*TINY, "--validation_file", str(valid), "--output_dir", str(tmp_path / "out"),
                           "--tokenizer", str(_tokenizer_dir(corpus)), *args)

@@ -1,9 +1,15 @@
 """Story playground: a Gradio page to write stories with a trained TinyGPT.
 
-    tinygpt app --model runs/cpu            # http://127.0.0.1:7860
+    tinygpt app --model runs/cpu                   # http://127.0.0.1:7860
+    tinygpt app --model runs/cpu --model runs/8m   # a fixed list: the page offers these two, nothing else
+    TINYGPT_MODEL=runs/cpu python app.py           # as a Hugging Face Space runs it
 
-Self-contained (gradio, torch and transformers only, the model loaded with trust_remote_code), so the same
-file runs as the `app.py` of a Hugging Face Space: `tinygpt space` writes such a Space folder.
+The operator chooses the models (command line or TINYGPT_MODEL, comma-separated for several); they are loaded
+once, at start, and the page can only pick among them. Nothing a visitor sends is ever handed to
+`from_pretrained`, so a visitor cannot make the server load (or, through `trust_remote_code`, run) anything else.
+
+Self-contained (gradio, torch and transformers only, the models loaded with trust_remote_code because the
+operator chose them), so the same file runs as the `app.py` of a Space: `tinygpt space` writes such a folder.
 """
 
 import functools
@@ -15,13 +21,26 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
                           TextIteratorStreamer)
 
-DEFAULT_MODEL = os.environ.get("TINYGPT_MODEL", "runs/cpu")
+MODEL_ENV = "TINYGPT_MODEL"
+MAX_PROMPT_CHARS = 10_000  # far more than any model's positions hold; refused before it is tokenized
 EXAMPLE_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because",
                    "Tom had a red ball. One day,"]
 
 
-@functools.lru_cache(maxsize=2)
+def operator_models(models=None) -> list[str]:
+    """The operator's choice: the given folder(s)/Hub id(s), else TINYGPT_MODEL (comma-separated)."""
+    if models is None:
+        models = os.environ.get(MODEL_ENV, "")
+    if isinstance(models, str):
+        models = models.split(",")
+    models = [m.strip() for m in models if m and m.strip()]
+    if not models:
+        raise ValueError(f"no model to serve: pass --model DIR_OR_HUB_ID or set {MODEL_ENV}")
+    return list(dict.fromkeys(models))
+
+
 def load(model: str):
+    """Tokenizer and model of one operator-chosen folder or Hub id."""
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
     return tokenizer, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
 
@@ -48,21 +67,28 @@ def _number(name: str, value, low: float, high: float, integer: bool = False):
     return int(number) if integer else number
 
 
-def write_story(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-    """Stream a story for the prompt; every bad value becomes a message in the page."""
+def _check_prompt(prompt) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise gr.Error("Write a prompt first (for example: Once upon a time)")
-    try:
-        tokenizer, lm = load(model)
-    except (OSError, ValueError) as error:
-        raise gr.Error(f"could not load the model {model!r}: {error}") from None
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise gr.Error(f"The prompt is {len(prompt):,} characters long; this playground takes at most "
+                       f"{MAX_PROMPT_CHARS:,}")
+    return prompt
+
+
+def write_story(served: dict, model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+    """Stream a story for the prompt; every bad value becomes a message in the page."""
+    if model not in served:  # Gradio's dropdown refuses other values already; this is the server's own check
+        raise gr.Error(f"{str(model)[:200]!r} is not a model of this playground; choose one of {list(served)}")
+    prompt = _check_prompt(prompt)
+    tokenizer, lm = served[model]
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    room = lm.config.max_position_embeddings - ids.shape[1]
+    positions = lm.config.max_position_embeddings
+    room = positions - ids.shape[1]
     max_new_tokens = _number("Max new tokens", max_new_tokens, 1, 100_000, integer=True)
     if max_new_tokens > room:
-        raise gr.Error(f"Max new tokens ({max_new_tokens}) is too many: the model has "
-                       f"{lm.config.max_position_embeddings} positions and the prompt takes {ids.shape[1]}, "
-                       f"so at most {room}")
+        raise gr.Error(f"Max new tokens ({max_new_tokens}) is too many: the model has {positions} positions and "
+                       f"the prompt takes {ids.shape[1]}, so at most {max(room, 0)}")
     settings = dict(temperature=_number("Temperature", temperature, 0.05, 5.0),
                     top_k=_number("Top-k", top_k, 0, lm.config.vocab_size, integer=True),
                     top_p=_number("Top-p", top_p, 0.01, 1.0),
@@ -89,13 +115,19 @@ def write_story(model, prompt, max_new_tokens, temperature, top_k, top_p, repeti
         worker.join()
 
 
-def build_app(model: str = DEFAULT_MODEL) -> gr.Blocks:
+def build_app(models=None) -> gr.Blocks:
+    """The page for the operator's model(s) (see operator_models); all are loaded here, before serving."""
+    served = {name: load(name) for name in operator_models(models)}
+    story = functools.partial(write_story, served)  # the page's inputs are the remaining parameters
+
     with gr.Blocks(title="TinyGPT story playground") as app:
         gr.Markdown("# TinyGPT story playground\nType the start of a story; the model continues it.")
         with gr.Row():
             with gr.Column(scale=2):
-                model_box = gr.Textbox(value=model, label="Model (folder or Hub id)")
-                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Once upon a time", elem_id="prompt")
+                model_choice = gr.Dropdown(choices=list(served), value=next(iter(served)), label="Model",
+                                           interactive=len(served) > 1, allow_custom_value=False)
+                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Once upon a time", elem_id="prompt",
+                                    max_length=MAX_PROMPT_CHARS)
                 gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -107,9 +139,9 @@ def build_app(model: str = DEFAULT_MODEL) -> gr.Blocks:
                 top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
                 repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
                 seed = gr.Number(value=0, label="Seed", precision=0)
-        story = gr.Textbox(label="Story", lines=14, elem_id="story")
-        event = generate.click(write_story, [model_box, prompt, max_new_tokens, temperature, top_k, top_p,
-                                             repetition_penalty, seed], story, api_name="generate")
+        output = gr.Textbox(label="Story", lines=14, elem_id="story")
+        event = generate.click(story, [model_choice, prompt, max_new_tokens, temperature, top_k, top_p,
+                                       repetition_penalty, seed], output, api_name="generate")
         stop.click(None, cancels=[event])
     return app.queue(default_concurrency_limit=1)  # users wait their turn; their stories never mix
 

@@ -3,7 +3,7 @@
     tinygpt presets                                   # the named model sizes and their parameter counts
     tinygpt generate --model DIR "Once upon a time"   # stream a story from a saved model (--compile: faster)
     tinygpt eval --model DIR --data valid.txt         # loss, perplexity, bits per byte
-    tinygpt app --model DIR                           # the story playground in the browser (Gradio)
+    tinygpt app --model DIR [--model DIR2]            # the story playground in the browser (Gradio)
     tinygpt space --model-id USER/NAME --out DIR      # a Hugging Face Space folder running that playground
     tinygpt tokenizer prune --data train.txt --vocab-size 8000 --out tokenizer-8k [--source SRC]
     tinygpt tokenizer train --data train.txt --vocab-size 8000 --out tokenizer-bpe-8k
@@ -80,7 +80,8 @@ def _check_model_folder(model: str) -> None:
 def cmd_app(args) -> None:
     from .app import build_app
 
-    _check_model_folder(args.model)
+    for model in args.model:
+        _check_model_folder(model)
     build_app(args.model).launch(server_name=args.host, server_port=args.port, show_error=True)
 
 
@@ -94,13 +95,29 @@ def cmd_space(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(app.__file__, out / "app.py")
-    (out / "requirements.txt").write_text("torch\ntransformers>=5,<6\ngradio>=5\n")
+    (out / "requirements.txt").write_text("\n".join(space_requirements()) + "\n")
     (out / "README.md").write_text(
         f"---\ntitle: TinyGPT story playground\nemoji: 📖\nsdk: gradio\napp_file: app.py\n"
         f"models:\n- {args.model_id}\nvariables:\n  TINYGPT_MODEL: {args.model_id}\n---\n\n"
         f"Write stories with [{args.model_id}](https://huggingface.co/{args.model_id}), a TinyGPT trained on "
         "TinyStories.\n", encoding="utf-8")
     print(f"wrote a Space for {args.model_id} to {out}: app.py, requirements.txt, README.md")
+
+
+def space_requirements() -> list[str]:
+    """What the Space's app.py and the model's code need, as pyproject states it (torch, transformers, gradio)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    wanted = {"torch", "transformers", "gradio"}
+    found = {}
+    for line in requires("tinygpt") or []:
+        requirement = Requirement(line)
+        if requirement.name in wanted and requirement.name not in found:
+            requirement.marker = None  # gradio comes from the "app" extra; the Space always needs it
+            found[requirement.name] = str(requirement)
+    return [found.get(name, name) for name in sorted(wanted)]
 
 
 def cmd_tokenizer(args) -> None:
@@ -147,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=cmd_generate)
 
     app = commands.add_parser("app", help="the story playground (Gradio) on localhost")
-    app.add_argument("--model", required=True, help="a model folder or Hub id")
+    app.add_argument("--model", required=True, action="append",
+                     help="a model folder or Hub id; repeat for a fixed list the page offers (nothing else loads)")
     app.add_argument("--host", default="127.0.0.1")
     app.add_argument("--port", type=int, default=7860)
     app.set_defaults(run=cmd_app)

@@ -20,13 +20,25 @@ Presets (`TinyGPTConfig.from_preset(name, **overrides)`), all with the reduced 8
 (roneneldan/TinyStories-1M ... -28M: same widths and depths), shrunk to the 8K vocabulary.
 """
 
-from transformers import PretrainedConfig
+import dataclasses
+import difflib
+import math
+
+from transformers import GenerationConfig, PretrainedConfig
 from transformers.activations import ACT2FN
 
 ATTENTION_TYPES = ("global", "local")
 
 # transformers' Cache and mask utilities speak of "full_attention" / "sliding_attention" layers.
 _CACHE_LAYER_TYPE = {"global": "full_attention", "local": "sliding_attention"}
+
+# Keys PretrainedConfig itself understands beyond its fields: what save_pretrained writes into config.json and
+# what from_pretrained and the Auto classes pass (see PretrainedConfig.__post_init__).
+_BASE_KEYS = {"auto_map", "model_type", "name_or_path", "torch_dtype", "num_labels", "output_attentions",
+              "attn_implementation", "experts_implementation", "per_layer_config", "_commit_hash"}
+# Read-only values computed from other fields: setting them would silently disagree with their source.
+_DERIVED = {"head_dim": "hidden_size and num_attention_heads", "layer_types": "attention_types",
+            "sliding_window": "window_size"}
 
 _SEED = dict(vocab_size=8001, max_position_embeddings=512, num_attention_heads=16, window_size=256)
 PRESETS = {
@@ -103,6 +115,9 @@ class TinyGPTConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.scale_attention_scores = scale_attention_scores
         self.use_cache = use_cache
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
+        self.tie_word_embeddings = tie_word_embeddings
+        self._reject_unknown_keys(kwargs)
         self._validate()
         super().__init__(
             bos_token_id=bos_token_id,
@@ -111,6 +126,21 @@ class TinyGPTConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def _reject_unknown_keys(cls, kwargs: dict) -> None:
+        """A misspelt key (`hiden_size=256`) would otherwise be stored and ignored: refuse it, naming the
+        close valid names. Keys transformers writes or passes itself are accepted."""
+        for name in _DERIVED.keys() & kwargs.keys():
+            raise ValueError(f"{name} is derived from {_DERIVED[name]}: set {_DERIVED[name]} instead")
+        base = {f.name for f in dataclasses.fields(PretrainedConfig)} | _BASE_KEYS
+        unknown = sorted(k for k in kwargs if k not in base and not hasattr(GenerationConfig(), k))
+        if unknown:
+            own = [name for name in cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount]]
+            hints = [f"{k!r}" + (f" (did you mean {', '.join(map(repr, close))}?)"
+                                 if (close := difflib.get_close_matches(k, own, n=1)) else "")
+                     for k in unknown]
+            raise ValueError(f"unknown TinyGPTConfig argument(s): {'; '.join(hints)}. Valid names: {', '.join(own)}")
 
     def _validate(self):
         """The one place where a config is checked; every error names the bad value."""
@@ -137,8 +167,22 @@ class TinyGPTConfig(PretrainedConfig):
         if self.activation_function not in ACT2FN:
             raise ValueError(f"unknown activation_function {self.activation_function!r}; see transformers ACT2FN")
         for name in ("embed_dropout", "attention_dropout", "resid_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+            if not _is_number(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {getattr(self, name)!r}")
+        if not _is_number(self.layer_norm_epsilon) or not 0.0 < self.layer_norm_epsilon < 1.0:
+            raise ValueError(f"layer_norm_epsilon must be a number in (0, 1), got {self.layer_norm_epsilon!r}")
+        if not _is_number(self.initializer_range) or not 0.0 <= self.initializer_range <= 10.0:
+            raise ValueError(f"initializer_range must be a number in [0, 10], got {self.initializer_range!r}")
+        for name in ("scale_attention_scores", "use_cache", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) else [value]
+            if value is not None and not all(isinstance(i, int) and not isinstance(i, bool)
+                                             and 0 <= i < self.vocab_size for i in ids):
+                raise ValueError(f"{name} must be a token id in [0, {self.vocab_size}) (or a list of them), "
+                                 f"got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -169,6 +213,10 @@ class TinyGPTConfig(PretrainedConfig):
         kwargs.setdefault("bos_token_id", eos)
         kwargs.setdefault("eos_token_id", eos)
         return cls(**kwargs)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["TinyGPTConfig"]

@@ -8,9 +8,7 @@ The two architectures compute the same function; only names differ, and TinyGPT 
 projections into one `qkv_proj` (rows stacked q, k, v).
 """
 
-import json
 import os
-from pathlib import Path
 
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
@@ -109,24 +107,21 @@ def tinygpt_to_gpt_neo(model: TinyGPTForCausalLM) -> GPTNeoForCausalLM:
 
 
 @torch.no_grad()
-def shrink_vocab(model, pruned_tokenizer_dir, verbose: bool = True) -> TinyGPTForCausalLM:
+def shrink_vocab(model, pruned_tokenizer, verbose: bool = True) -> TinyGPTForCausalLM:
     """Keep only the embedding and output rows of the tokens a pruned tokenizer kept.
 
     `model` is a TinyGPT or GPT-Neo model (or a path to a GPT-Neo one) over GPT-Neo's vocabulary;
-    `pruned_tokenizer_dir` is a folder written by `prune_tokenizer(..., out_dir=...)`, whose id map says
+    `pruned_tokenizer` is a tokenizer made by `prune_tokenizer` (or its saved folder), whose id map says
     which GPT-Neo id each new id stands for. Logits over the kept tokens are unchanged.
     """
     from .parameters import format_parameter_table, parameter_table
-    from .tokenizer import ID_MAP_FILE
+    from .tokenizer import gpt_neo_ids
 
     if not isinstance(model, TinyGPTForCausalLM):
         model = gpt_neo_to_tinygpt(model)
-    map_file = Path(pruned_tokenizer_dir) / ID_MAP_FILE
-    if not map_file.is_file():
-        raise ValueError(f"{map_file}: missing; shrink_vocab needs a folder written by prune_tokenizer")
-    old_ids = json.loads(map_file.read_text())["gpt_neo_ids"]
+    old_ids = gpt_neo_ids(pruned_tokenizer)
     if max(old_ids) >= model.config.vocab_size:
-        raise ValueError(f"{map_file} refers to token id {max(old_ids)}, outside this model's vocabulary "
+        raise ValueError(f"the tokenizer refers to GPT-Neo id {max(old_ids)}, outside this model's vocabulary "
                          f"(size {model.config.vocab_size})")
     index = torch.tensor(old_ids)
     eos_id = old_ids.index(model.config.eos_token_id) if model.config.eos_token_id in old_ids else len(old_ids) - 1

@@ -9,7 +9,8 @@ as the last id (as 50256 is in GPT-Neo's vocabulary), so 8,000 regular tokens ma
 Pruning counts GPT-Neo's tokens over the corpus and keeps the most frequent, always with the 256 byte-level
 symbols (so every string still encodes) and with every ancestor of a kept token in the merge tree (so every
 kept token stays reachable). Each GPT-Neo token is made by exactly one merge, so on text whose GPT-Neo tokens
-are all kept, the pruned tokenizer gives exactly GPT-Neo's tokens, under new ids. `vocab_size` counts the
+are all kept, the pruned tokenizer gives exactly GPT-Neo's tokens, under new ids (`gpt_neo_ids(tokenizer)` maps them
+back; the map is saved in tokenizer_config.json, so it travels with the tokenizer). `vocab_size` counts the
 regular tokens, bytes included; the special tokens come on top.
 """
 
@@ -26,7 +27,9 @@ from .data import iter_stories
 
 DEFAULT_SOURCE = "EleutherAI/gpt-neo-125M"
 EOT = "<|endoftext|>"
-ID_MAP_FILE = "gpt_neo_ids.json"
+# The pruned tokenizer's map new id -> GPT-Neo id, kept in tokenizer_config.json (an init argument of the
+# tokenizer), so it travels with every save_pretrained and from_pretrained of the tokenizer.
+ID_MAP_KEY = "gpt_neo_ids"
 COVERAGE_FILE = "coverage.json"
 BYTE_SYMBOLS = 256
 COVERAGE_KS = (8000, 10000)
@@ -146,11 +149,22 @@ def prune_tokenizer(files, vocab_size: int = 8000, source=DEFAULT_SOURCE, out_di
     counts = count_token_ids(source_tokenizer, stories, desc="counting GPT-Neo tokens")
     kept = select_kept_tokens(source_json, counts, vocab_size)
     pruned_json, old_ids = pruned_tokenizer_json(source_json, kept)
-    tokenizer = wrap_tokenizer(Tokenizer.from_str(json.dumps(pruned_json)))
+    tokenizer = wrap_tokenizer(Tokenizer.from_str(json.dumps(pruned_json)), **{ID_MAP_KEY: old_ids})
     if out_dir is not None:
         report = coverage_report(stories, source_tokenizer, counts, {"pruned": tokenizer})
-        save_tokenizer(tokenizer, out_dir, report, id_map={"source": str(source), "gpt_neo_ids": old_ids})
+        save_tokenizer(tokenizer, out_dir, report)
     return tokenizer
+
+
+def gpt_neo_ids(tokenizer) -> list[int]:
+    """The GPT-Neo id of each id of a pruned tokenizer (a tokenizer object or its folder)."""
+    if not hasattr(tokenizer, "init_kwargs"):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    ids = tokenizer.init_kwargs.get(ID_MAP_KEY)
+    if not ids:
+        raise ValueError(f"the tokenizer {tokenizer.name_or_path!r} has no map to GPT-Neo's ids ({ID_MAP_KEY} in "
+                         "tokenizer_config.json): only a tokenizer made by prune_tokenizer has one")
+    return list(ids)
 
 
 # ----------------------------------------------------------------------------- training
@@ -192,17 +206,16 @@ def _move_special_tokens_last(tokenizer: Tokenizer) -> Tokenizer:
 # ----------------------------------------------------------------------------- wrapping, saving, coverage
 
 
-def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tokenizer: Tokenizer, **init_kwargs) -> PreTrainedTokenizerFast:
+    """init_kwargs are saved in tokenizer_config.json and come back on loading (the GPT-Neo id map)."""
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT, pad_token=EOT,
-                                   unk_token=EOT, clean_up_tokenization_spaces=False)
+                                   unk_token=EOT, clean_up_tokenization_spaces=False, **init_kwargs)
 
 
-def save_tokenizer(tokenizer, out_dir, report: dict, id_map: dict | None = None) -> None:
+def save_tokenizer(tokenizer, out_dir, report: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
-    if id_map is not None:
-        (out_dir / ID_MAP_FILE).write_text(json.dumps(id_map))
     (out_dir / COVERAGE_FILE).write_text(json.dumps(report, indent=2))
 
 

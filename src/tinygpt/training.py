@@ -26,7 +26,7 @@ from .convert import gpt_neo_to_tinygpt, shrink_vocab
 from .data import DataArguments, DataFileError, load_raw_datasets, tokenize_datasets
 from .modeling_tinygpt import TinyGPTForCausalLM
 from .parameters import parameter_table
-from .tokenizer import DEFAULT_SOURCE, ID_MAP_FILE, prune_tokenizer, train_tokenizer
+from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, prune_tokenizer, train_tokenizer
 
 SUMMARY_FILE = "training_summary.json"
 DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because"]
@@ -166,11 +166,10 @@ def _load_checkpoint(source: str, tokenizer) -> TinyGPTForCausalLM:
     else:
         raise ValueError(f"--init_from {source}: a {config.model_type} model, not TinyGPT or GPT-Neo")
     if model.config.vocab_size != len(tokenizer):
-        id_map = Path(tokenizer.name_or_path) / ID_MAP_FILE
-        if not id_map.is_file():
+        if ID_MAP_KEY not in tokenizer.init_kwargs:
             raise ValueError(f"--init_from {source} has {model.config.vocab_size:,} tokens but the tokenizer has "
                              f"{len(tokenizer):,}; use that model's tokenizer or a pruned one (shrink_vocab)")
-        model = shrink_vocab(model, id_map.parent)  # GPT-Neo vocabulary -> the pruned one
+        model = shrink_vocab(model, tokenizer)  # GPT-Neo vocabulary -> the pruned one
     return model
 
 
