@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from conftest import ROOT
-from test_hf_contract import saved_model_with_tokenizer
+from conftest import ROOT, saved_model_with_tokenizer
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio is not installed")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -93,6 +92,7 @@ def test_bad_values_give_a_message_not_a_crash(app_url, overrides, message):
     assert story(client, model).startswith("Once upon a time")  # the app still serves
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
 def test_in_a_real_browser(app_url):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -3,12 +3,23 @@
 import subprocess
 import sys
 
-from test_hf_contract import saved_model_with_tokenizer
+import pytest
+
+from conftest import saved_model_with_tokenizer
 
 
 def tinygpt(*args):
     """`python -m tinygpt ...`, which is the `tinygpt` console script (both call tinygpt.cli.main)."""
     return subprocess.run([sys.executable, "-m", "tinygpt", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_compiled_generation_from_the_shell(tmp_path):
+    saved_model_with_tokenizer(tmp_path)
+    eager = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "Once upon a time")
+    compiled = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "--compile",
+                       "Once upon a time")
+    assert compiled.returncode == 0 and compiled.stdout == eager.stdout
 
 
 def test_the_console_script_and_python_m_tinygpt_are_the_same_command():
@@ -31,9 +42,9 @@ def test_generate_streams_text_and_rejects_bad_input(tmp_path):
     saved_model_with_tokenizer(tmp_path)
     result = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "Once upon a time")
     assert result.returncode == 0 and result.stdout.startswith("Once upon a time")
-    compiled = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "--greedy", "--compile",
-                       "Once upon a time")
-    assert compiled.returncode == 0 and compiled.stdout == result.stdout
+    # without options, the model's generation_config decides: greedy for this model (do_sample is off)
+    assert tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "Once upon a time").stdout \
+        == result.stdout
     too_long = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "100", "Once upon a time")
     assert too_long.returncode == 2 and "exceeds the model's 64 positions" in too_long.stderr
     missing = tinygpt("generate", "--model", str(tmp_path / "nope"), "hi")

@@ -7,6 +7,8 @@ import torch
 from conftest import tiny_model
 from tinygpt.compiled import CompiledGenerator
 
+pytestmark = pytest.mark.slow  # compiling takes tens of seconds
+
 
 def generate_both(model, generator, ids, **kwargs):
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=20, pad_token_id=0, **kwargs)

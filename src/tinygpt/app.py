@@ -115,10 +115,21 @@ def write_story(served: dict, model, prompt, max_new_tokens, temperature, top_k,
         worker.join()
 
 
+def sampling_defaults(model) -> dict:
+    """The sliders' starting values: the model's generation_config (what training saved), where it samples."""
+    config = model.generation_config
+    sampled = bool(config.do_sample)
+    return {"max_new_tokens": min(config.max_new_tokens or 200, model.config.max_position_embeddings - 8),
+            "temperature": config.temperature if sampled and config.temperature else 0.7,
+            "top_k": config.top_k if sampled and config.top_k is not None else 50,
+            "top_p": config.top_p if sampled and config.top_p else 0.95}
+
+
 def build_app(models=None) -> gr.Blocks:
     """The page for the operator's model(s) (see operator_models); all are loaded here, before serving."""
     served = {name: load(name) for name in operator_models(models)}
     story = functools.partial(write_story, served)  # the page's inputs are the remaining parameters
+    defaults = sampling_defaults(next(iter(served.values()))[1])
 
     with gr.Blocks(title="TinyGPT story playground") as app:
         gr.Markdown("# TinyGPT story playground\nType the start of a story; the model continues it.")
@@ -133,10 +144,10 @@ def build_app(models=None) -> gr.Blocks:
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
             with gr.Column(scale=1):
-                max_new_tokens = gr.Number(value=200, label="Max new tokens", precision=0)
-                temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature")
-                top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
-                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+                max_new_tokens = gr.Number(value=defaults["max_new_tokens"], label="Max new tokens", precision=0)
+                temperature = gr.Slider(0.05, 2.0, value=defaults["temperature"], step=0.05, label="Temperature")
+                top_k = gr.Slider(0, 200, value=defaults["top_k"], step=1, label="Top-k (0 = off)")
+                top_p = gr.Slider(0.05, 1.0, value=defaults["top_p"], step=0.05, label="Top-p")
                 repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
                 seed = gr.Number(value=0, label="Seed", precision=0)
         output = gr.Textbox(label="Story", lines=14, elem_id="story")

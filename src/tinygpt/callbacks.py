@@ -22,8 +22,8 @@ class CheckpointCompleteCallback(TrainerCallback):
 
 
 class SampleStoriesCallback(TrainerCallback):
-    """At each evaluation, continue fixed prompts (sampling with a fixed seed, so runs compare) and log the
-    stories: printed, and appended to OUTPUT_DIR/samples.jsonl."""
+    """At each evaluation, continue fixed prompts (sampled as the model's generation_config says, with a fixed
+    seed, so runs compare) and log the stories: printed, and appended to OUTPUT_DIR/samples.jsonl."""
 
     def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 80, seed: int = 0):
         self.tokenizer, self.prompts, self.max_new_tokens, self.seed = tokenizer, prompts, max_new_tokens, seed
@@ -42,8 +42,8 @@ class SampleStoriesCallback(TrainerCallback):
             for prompt in self.prompts:
                 ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
                 new = max(1, min(self.max_new_tokens, limit - ids.shape[1]))
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
-                                     top_k=50, max_new_tokens=new, pad_token_id=self.tokenizer.eos_token_id)
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                     pad_token_id=self.tokenizer.eos_token_id)
                 self.latest.append({"prompt": prompt, "story": self.tokenizer.decode(out[0], skip_special_tokens=True)})
         model.train(was_training)
         with open(Path(args.output_dir) / "samples.jsonl", "a", encoding="utf-8") as handle:

@@ -2,7 +2,8 @@
 
     tinygpt presets                                   # the named model sizes and their parameter counts
     tinygpt generate --model DIR "Once upon a time"   # stream a story from a saved model (--compile: faster)
-    tinygpt eval --model DIR --data valid.txt         # loss, perplexity, bits per byte
+    tinygpt eval --model DIR --data valid.txt [--consistency]   # bits per byte, story consistency
+    tinygpt lm-eval-tasks                             # the folder of the lm-evaluation-harness tasks
     tinygpt app --model DIR [--model DIR2]            # the story playground in the browser (Gradio)
     tinygpt space --model-id USER/NAME --out DIR      # a Hugging Face Space folder running that playground
     tinygpt tokenizer prune --data train.txt --vocab-size 8000 --out tokenizer-8k [--source SRC]
@@ -34,23 +35,29 @@ def cmd_generate(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt")
-    limit = model.config.max_position_embeddings
-    if inputs.input_ids.shape[1] + args.max_new_tokens > limit:
-        raise ValueError(f"prompt ({inputs.input_ids.shape[1]} tokens) plus --max-new-tokens "
-                         f"({args.max_new_tokens}) exceeds the model's {limit} positions")
+    limit, used = model.config.max_position_embeddings, inputs.input_ids.shape[1]
+    if args.max_new_tokens is not None and used + args.max_new_tokens > limit:
+        raise ValueError(f"prompt ({used} tokens) plus --max-new-tokens ({args.max_new_tokens}) exceeds the "
+                         f"model's {limit} positions")
+    # The model's generation_config (saved by training) says how to sample; the options given here override it.
+    settings = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p", "repetition_penalty")
+                if getattr(args, name) is not None}
+    if args.greedy:
+        settings["do_sample"] = False
+    elif settings:
+        settings["do_sample"] = True
+    new_tokens = args.max_new_tokens or min(model.generation_config.max_new_tokens or 200, limit - used)
     torch.manual_seed(args.seed)
-    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.compile:
         from .compiled import CompiledGenerator
 
         model = CompiledGenerator(model)
     model.generate(
         **inputs,
-        max_new_tokens=args.max_new_tokens,
-        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=new_tokens,
         streamer=TextStreamer(tokenizer, skip_special_tokens=True),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        **({"do_sample": False} if args.greedy else sampling),
+        **settings,
     )
 
 
@@ -59,17 +66,36 @@ def cmd_eval(args) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluation import evaluate_model
+    from .consistency import evaluate_consistency
+    from .data import load_texts
+    from .evaluation import evaluate_texts
 
+    if not args.data and not args.consistency:
+        raise ValueError("give --data (held-out stories) and/or --consistency")
     _check_model_folder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
-    result = evaluate_model(model, tokenizer, args.data, block_size=args.block_size, batch_size=args.batch_size)
-    print(f"{result['stories']:,} stories, {result['tokens']:,} tokens, {result['bytes']:,} bytes")
-    print(f"loss {result['loss']:.4f}   perplexity {result['perplexity']:.3f}   "
-          f"bits per byte {result['bits_per_byte']:.4f}")
+    result = {}
+    if args.data:
+        texts = load_texts(args.data[0] if len(args.data) == 1 else args.data, split=args.split)["text"]
+        result = evaluate_texts(model, tokenizer, texts, block_size=args.block_size, batch_size=args.batch_size)
+        print(f"{result['stories']:,} stories, {result['tokens']:,} tokens, {result['bytes']:,} bytes, "
+              f"blocks of {result['block_size']} tokens")
+        print(f"loss {result['loss']:.4f}   perplexity {result['perplexity']:.3f}   "
+              f"bits per byte {result['bits_per_byte']:.4f}")
+    if args.consistency:
+        result["consistency"] = evaluate_consistency(model, tokenizer)
+        print(f"story consistency {result['consistency']['accuracy']:.3f} "
+              f"({result['consistency']['correct']}/{result['consistency']['items']} items)")
     if args.json:
         print(json.dumps(result))
+
+
+def cmd_lm_eval_tasks(args) -> None:
+    """For `lm_eval ... --include_path "$(tinygpt lm-eval-tasks)" --tasks tinystories_bpb,tinystories_consistency`."""
+    from .consistency import EVALS
+
+    print(EVALS)
 
 
 def _check_model_folder(model: str) -> None:
@@ -137,7 +163,7 @@ def cmd_tokenizer(args) -> None:
         print(f"{out} is up to date (same data and settings); --force rebuilds it")
     else:
         build = prune_tokenizer if args.method == "prune" else train_tokenizer
-        tokenizer = build(args.data, vocab_size=args.vocab_size, source=args.source, out_dir=out)
+        tokenizer = build([Path(f) for f in args.data], vocab_size=args.vocab_size, source=args.source, out_dir=out)
         recipe_file.write_text(json.dumps(recipe, indent=2))
         print(f"saved a {len(tokenizer):,}-token tokenizer to {out}")
     print(format_coverage(json.loads((out / COVERAGE_FILE).read_text())))
@@ -152,11 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="stream a story from a saved model")
     generate.add_argument("prompt")
     generate.add_argument("--model", required=True, help="a folder saved by save_pretrained / train_hf.py")
-    generate.add_argument("--max-new-tokens", type=int, default=200)
-    generate.add_argument("--temperature", type=float, default=0.8)
-    generate.add_argument("--top-k", type=int, default=50)
-    generate.add_argument("--top-p", type=float, default=0.95)
-    generate.add_argument("--repetition-penalty", type=float, default=1.0)
+    generate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="default: the model's generation_config, within the model's positions")
+    # Sampling: the model's generation_config (written by train_hf.py) unless given here.
+    generate.add_argument("--temperature", type=float, default=None)
+    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("--top-p", type=float, default=None)
+    generate.add_argument("--repetition-penalty", type=float, default=None)
     generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--compile", action="store_true",
@@ -175,13 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument("--out", required=True)
     space.set_defaults(run=cmd_space)
 
-    evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
+    evaluate = commands.add_parser("eval", help="bits per byte on held-out stories, story consistency")
     evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--data", nargs="+", required=True, help="TinyStories .txt files")
-    evaluate.add_argument("--block-size", type=int, default=None, help="default: the model's positions")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--data", nargs="+", help="held-out stories: files (.txt, .json/.jsonl, .parquet) or a "
+                                                    "dataset folder or Hub id")
+    evaluate.add_argument("--split", default="validation", help="the split of a dataset folder or Hub id")
+    evaluate.add_argument("--consistency", action="store_true", help="also score the story-consistency items")
+    evaluate.add_argument("--block-size", type=int, default=None,
+                          help="default: the model's positions, the context it was trained on")
+    evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", action="store_true", help="also print the result as JSON")
     evaluate.set_defaults(run=cmd_eval)
+
+    tasks = commands.add_parser("lm-eval-tasks", help="print the folder of the lm-evaluation-harness task YAMLs")
+    tasks.set_defaults(run=cmd_lm_eval_tasks)
 
     from .tokenizer import DEFAULT_SOURCE
 

@@ -109,8 +109,8 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenization"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training stories"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation stories"})
-    eval_subset_blocks: int | None = field(default=None, metadata={
-        "help": "evaluations during training use the first N validation rows; the final one uses all"})
+    eval_subset_stories: int | None = field(default=None, metadata={
+        "help": "evaluations during training use the first N validation stories; the final one uses them all"})
 
 
 def _load_files(files: list[str], streaming: bool, text_column: str):
@@ -131,6 +131,25 @@ def _load_files(files: list[str], streaming: bool, text_column: str):
     if text_column not in columns:
         raise DataFileError(f"{paths[0]}: no {text_column!r} field (fields: {columns}); set --text_column")
     return _text_only(data, text_column)
+
+
+def load_texts(source, split: str = "validation", text_column: str = "text"):
+    """A Dataset with a "text" column: from files (.txt, .json/.jsonl, .parquet, all of one kind) or, when
+    `source` names no file, from a dataset folder or Hub id (its `split`)."""
+    import datasets
+
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    first = Path(sources[0])
+    if len(sources) == 1 and (first.is_dir() or not first.exists() and first.suffix not in TEXT_SUFFIXES):
+        try:
+            data = datasets.load_dataset(str(sources[0]), split=split)
+        except Exception as error:  # noqa: BLE001 - offline, unknown id, bad folder: one clear message
+            raise DataFileError(f"could not load the {split!r} split of dataset {str(sources[0])!r} "
+                                f"({type(error).__name__}: {error})") from None
+        if text_column not in data.column_names:
+            raise DataFileError(f"{sources[0]}: no {text_column!r} field (fields: {data.column_names})")
+        return _text_only(data, text_column)
+    return _load_files([str(s) for s in sources], streaming=False, text_column=text_column)
 
 
 def _text_only(data, text_column: str):
@@ -171,42 +190,58 @@ def _hold_out(train, args: DataArguments, seed: int) -> dict:
     return {"train": split["train"], "validation": split["test"]}
 
 
-def tokenize_datasets(raw, tokenizer, block_size: int, packing: bool = True, num_proc: int | None = None):
-    """Tokenized (and, by default, packed) datasets with input_ids and labels, plus validation statistics
-    {"tokens", "bytes"} for bits per byte. Packing: stories joined with <|endoftext|> and cut into full blocks
-    of block_size (the tail of each 1,000-story group is dropped). Otherwise one story per row, truncated."""
-    eos = tokenizer.eos_token_id
-    streaming = not hasattr(raw["train"], "cache_files")
-    map_kwargs = {} if streaming else {"num_proc": num_proc, "desc": "tokenizing"}
+def token_dtype(vocab_size: int) -> str:
+    """The smallest unsigned integer type that holds every token id (uint16 for an 8K or 50K vocabulary)."""
+    return next(name for name, top in (("uint16", 2**16), ("uint32", 2**32)) if vocab_size <= top)
+
+
+def story_ids(tokenizer, texts) -> list[list[int]]:
+    """Each story's tokens followed by <|endoftext|>, as the model reads stories in training and evaluation."""
+    return [row + [tokenizer.eos_token_id] for row in tokenizer(list(texts), add_special_tokens=False).input_ids]
+
+
+def pack(rows: Iterable[list[int]], block_size: int, keep_tail: bool = False) -> list[list[int]]:
+    """The rows joined into one stream and cut into blocks of block_size; the last, shorter block is kept only
+    with keep_tail (evaluation predicts every token; training wants full blocks)."""
+    stream = list(itertools.chain.from_iterable(rows))
+    stop = len(stream) if keep_tail else len(stream) - block_size + 1
+    return [stream[i:i + block_size] for i in range(0, stop, block_size)]
+
+
+def tokenize_for_training(dataset, tokenizer, block_size: int, packing: bool = True, num_proc: int | None = None):
+    """The training rows: `input_ids` only (labels are made by `CausalLMCollator`), stored in the smallest
+    integer type that holds the vocabulary, in one pass with no intermediate dataset.
+
+    Packing: stories joined with <|endoftext|> after each and cut into full blocks of block_size (the tail of
+    each 1,000-story batch is dropped). Otherwise one story per row, truncated to block_size."""
+    import datasets
 
     def tokenize(batch):
-        ids = [row + [eos] for row in tokenizer(batch["text"], add_special_tokens=False).input_ids]
-        if not packing:
-            ids = [row[:block_size] for row in ids]
-        return {"input_ids": ids, "n_bytes": [len(text.encode("utf-8")) for text in batch["text"]]}
+        ids = story_ids(tokenizer, batch["text"])
+        return {"input_ids": pack(ids, block_size) if packing else [row[:block_size] for row in ids]}
 
-    tokenized = raw.map(tokenize, batched=True, remove_columns=["text"], **map_kwargs)
-    stats = _validation_statistics(tokenized["validation"], streaming)
-
-    def pack(batch):
-        stream = list(itertools.chain.from_iterable(batch["input_ids"]))
-        blocks = [stream[i:i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
-        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-
-    def label(batch):
-        return {"labels": batch["input_ids"]}
-
-    pack_kwargs = {} if streaming else {"num_proc": num_proc, "desc": "packing" if packing else "labelling"}
-    processed = tokenized.map(pack if packing else label, batched=True,
-                              remove_columns=["input_ids", "n_bytes"] if packing else ["n_bytes"], **pack_kwargs)
-    return processed, stats
+    streaming = not hasattr(dataset, "cache_files")
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value(token_dtype(len(tokenizer))))})
+    kwargs = {} if streaming else {"num_proc": num_proc, "desc": "tokenizing" + (" and packing" if packing else "")}
+    return dataset.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"], features=features, **kwargs)
 
 
-def _validation_statistics(validation, streaming: bool, sample: int = 2000) -> dict:
-    rows = validation.take(sample) if streaming else validation  # a stream has no end to count to
-    tokens = n_bytes = 0
-    for row in rows:
-        tokens, n_bytes = tokens + len(row["input_ids"]), n_bytes + row["n_bytes"]
-    if not tokens:
-        raise DataFileError("the validation data is empty")
-    return {"tokens": tokens, "bytes": n_bytes, "estimated_from": sample if streaming else None}
+class CausalLMCollator:
+    """Rows of token ids -> a batch with labels (the ids themselves; the model shifts them). Rows of unequal
+    length (no packing) are padded with eos, masked out of the attention and of the loss."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        width = max(len(row["input_ids"]) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row["input_ids"])] = torch.as_tensor(row["input_ids"], dtype=torch.long)
+            mask[i, :len(row["input_ids"])] = 1
+        if bool(mask.all()):  # packed blocks: plain causal attention, every token a label
+            return {"input_ids": ids, "labels": ids.clone()}
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}

@@ -1,28 +1,48 @@
-"""Held-out evaluation of a saved model: loss, perplexity and bits per byte (`tinygpt eval`)."""
+"""Held-out evaluation: loss, perplexity and bits per byte. The one definition, used by the evaluations during
+training, the final evaluation in `training_summary.json`, `tinygpt eval` and the benchmarks.
+
+The stories are joined with <|endoftext|> after each (as in training) and cut into blocks of the model's
+context; the last, shorter block is evaluated too, so every token after the first of a block is predicted
+exactly once. loss = mean nats per predicted token; bits per byte = all nats / ln 2 / UTF-8 bytes of the
+stories, which compares models with different tokenizers.
+"""
 
 import math
+from collections.abc import Iterable
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import iter_stories
+from .data import pack, story_ids
+
+
+def bits_per_byte(total_nats: float, n_bytes: int) -> float:
+    return total_nats / math.log(2) / n_bytes
+
+
+def evaluation_blocks(texts: Iterable[str], tokenizer, block_size: int) -> tuple[list[list[int]], int]:
+    """The token blocks of the stories (packed as for training, the last block kept) and their UTF-8 bytes."""
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no stories to evaluate")
+    blocks = pack(story_ids(tokenizer, texts), block_size, keep_tail=True)
+    return [b for b in blocks if len(b) > 1], sum(len(text.encode("utf-8")) for text in texts)
 
 
 @torch.no_grad()
-def evaluate_model(model, tokenizer, files, block_size: int | None = None, batch_size: int = 8) -> dict:
-    """Stories joined with <|endoftext|> (as in training) and cut into blocks; the loss is averaged over every
-    predicted token. Bits per byte = total nats / ln 2 / UTF-8 bytes of the stories, so tokenizers compare."""
-    stories = list(iter_stories(files))
+def evaluate_texts(model, tokenizer, texts: Iterable[str], block_size: int | None = None, batch_size: int = 16,
+                   progress: bool = True) -> dict:
+    """Loss, perplexity and bits per byte of the model on the stories, in float32 and eval mode."""
     block_size = block_size or model.config.max_position_embeddings
     if not 2 <= block_size <= model.config.max_position_embeddings:
         raise ValueError(f"block size {block_size} must be between 2 and the model's max_position_embeddings "
                          f"({model.config.max_position_embeddings})")
-    stream = [i for row in tokenizer(stories, add_special_tokens=False).input_ids for i in row + [tokenizer.eos_token_id]]
-    blocks = [stream[s:s + block_size] for s in range(0, len(stream), block_size)]
-    blocks = [b for b in blocks if len(b) > 1]
+    texts = list(texts)
+    blocks, n_bytes = evaluation_blocks(texts, tokenizer, block_size)
+    was_training = model.training
     model.eval()
     total_nats, predicted = 0.0, 0
-    for start in tqdm(range(0, len(blocks), batch_size), desc="evaluating", unit="batch"):
+    for start in tqdm(range(0, len(blocks), batch_size), desc="evaluating", unit="batch", disable=not progress):
         batch = blocks[start:start + batch_size]
         width = max(len(b) for b in batch)
         ids = torch.tensor([b + [tokenizer.eos_token_id] * (width - len(b)) for b in batch], device=model.device)
@@ -31,7 +51,8 @@ def evaluate_model(model, tokenizer, files, block_size: int | None = None, batch
         loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
         total_nats += loss.item() * count
         predicted += count
-    n_bytes = sum(len(story.encode("utf-8")) for story in stories)
+    model.train(was_training)
     loss = total_nats / predicted
-    return {"stories": len(stories), "tokens": len(stream), "bytes": n_bytes, "loss": loss,
-            "perplexity": math.exp(loss), "bits_per_byte": total_nats / math.log(2) / n_bytes}
+    return {"stories": len(texts), "blocks": len(blocks),
+            "block_size": block_size, "tokens": predicted + len(blocks), "bytes": n_bytes, "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": bits_per_byte(total_nats, n_bytes)}

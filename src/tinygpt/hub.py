@@ -6,7 +6,6 @@ The token comes from HF_TOKEN or the stored login and is only ever handed to HfA
 to a file, a log line or the card.
 """
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,9 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .parameters import format_parameter_table, parameter_table
+from .summary import RunSummary
 
-SUMMARY_FILE = "training_summary.json"
-EXTRA_FILES = (SUMMARY_FILE, "loss.png")  # shown by the card when the training run left them
+EXTRA_FILES = (RunSummary.FILE, "loss.png")  # shown by the card when the training run left them
 
 
 class PublishError(ValueError):
@@ -75,18 +74,20 @@ def assemble_repo(model_dir, local_dir, repo_id: str, license: str = "apache-2.0
     for name in EXTRA_FILES:
         if (model_dir / name).is_file():
             shutil.copy(model_dir / name, local_dir / name)
-    summary = json.loads((model_dir / SUMMARY_FILE).read_text()) if (model_dir / SUMMARY_FILE).is_file() else {}
+    summary = RunSummary.read(model_dir)
     model_card(model, repo_id, summary, license, has_plot=(model_dir / "loss.png").is_file()).save(
         local_dir / "README.md")
     return sorted(p for p in local_dir.rglob("*") if p.is_file())
 
 
-def model_card(model, repo_id: str, summary: dict, license: str, has_plot: bool = False) -> ModelCard:
+def model_card(model, repo_id: str, summary: RunSummary | None, license: str, has_plot: bool = False) -> ModelCard:
     config = model.config
-    results = summary.get("eval", {})
+    results = summary.eval if summary else {}
+    consistency = (summary.consistency or {}).get("accuracy") if summary else None
     metrics = [("loss", "validation loss", results.get("eval_loss")),
                ("perplexity", "perplexity", results.get("eval_perplexity")),
-               ("bits_per_byte", "bits per byte", results.get("eval_bits_per_byte"))]
+               ("bits_per_byte", "bits per byte", results.get("eval_bits_per_byte")),
+               ("accuracy", "story consistency (tinygpt)", consistency)]
     eval_results = [EvalResult(task_type="text-generation", dataset_type="roneneldan/TinyStories",
                                dataset_name="TinyStories", dataset_split="validation", metric_type=kind,
                                metric_name=name, metric_value=round(float(value), 4))
@@ -124,30 +125,38 @@ def model_card(model, repo_id: str, summary: dict, license: str, has_plot: bool 
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
-def _training_sections(summary: dict, has_plot: bool) -> list[str]:
-    training, hyper, results = summary.get("training", {}), summary.get("hyperparameters", {}), summary.get("eval", {})
+def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
+    training, hyper, results = summary.training, summary.hyperparameters, summary.eval
     rows = [("steps", training.get("global_step")), ("tokens seen", training.get("tokens_seen")),
-            ("block size", summary.get("data", {}).get("block_size")),
+            ("block size", summary.data.get("block_size")),
             ("batch (per device x accumulation x devices)",
              f"{hyper.get('per_device_train_batch_size')} x {hyper.get('gradient_accumulation_steps')} x "
              f"{training.get('world_size', 1)}"),
             ("learning rate / schedule", f"{hyper.get('learning_rate')} / {hyper.get('lr_scheduler_type')}"),
+            ("optimizer", "Muon (block matrices) + AdamW" if hyper.get("muon") else "AdamW"),
             ("AdamW betas / weight decay", f"{hyper.get('adam_beta1')}, {hyper.get('adam_beta2')} / "
                                            f"{hyper.get('weight_decay')}"),
-            ("bf16 autocast", training.get("bf16")), ("training time (s)", _round(training.get("train_runtime_s")))]
-    lines = ["## Training", f"Command: `{summary.get('command', '')}`", "| setting | value |", "|---|---|"]
+            ("bf16 autocast", training.get("bf16")), ("training time (s)", _round(training.get("train_runtime_s"))),
+            ("time budget (min)", hyper.get("time_budget")), ("wall time (s)", _round(training.get("wall_time_s")))]
+    lines = ["## Training", f"Command: `{summary.command}`", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {f'{value:,}' if isinstance(value, int) and not isinstance(value, bool) else value} |"
               for name, value in rows]
     sections = ["\n".join(lines[:2]), "\n".join(lines[2:])]
     if results:
-        sections += ["## Results (validation)", "| validation loss | perplexity | bits per byte |\n|--:|--:|--:|\n"
+        consistency = summary.consistency or {}
+        sections += ["## Results (validation)",
+                     "| validation loss | perplexity | bits per byte | story consistency |\n|--:|--:|--:|--:|\n"
                      f"| {results.get('eval_loss', float('nan')):.4f} | {results.get('eval_perplexity', float('nan')):.3f}"
-                     f" | {results.get('eval_bits_per_byte', float('nan')):.4f} |"]
+                     f" | {results.get('eval_bits_per_byte', float('nan')):.4f} | "
+                     + (f"{consistency['accuracy']:.3f} ({consistency['correct']}/{consistency['items']}) |"
+                        if consistency else "- |"),
+                     "Story consistency: the share of the package's story items (tinygpt.consistency) whose right "
+                     "continuation the model finds more likely than the wrong one."]
     if has_plot:
         sections.append("![loss curves](loss.png)")
-    if summary.get("samples"):
+    if summary.samples:
         sections.append("## Sample stories\n\n" + "\n\n".join(f"> {s['story']}".replace("\n", "\n> ")
-                                                               for s in summary["samples"]))
+                                                               for s in summary.samples))
     return sections
 
 

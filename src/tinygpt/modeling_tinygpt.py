@@ -9,6 +9,7 @@ Shape notation, used on every reshape:
     V vocab_size.
 """
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,7 @@ require_version("transformers>=5.24", "TinyGPT's modeling code uses the `cache` 
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -66,6 +68,21 @@ def check_positions(position_ids: torch.Tensor, max_position_embeddings: int) ->
             f"max_position_embeddings={max_position_embeddings} positions: shorten the input to at most "
             f"{max_position_embeddings} tokens (prompt plus generated)"
         )
+
+
+class PositionLimit(StoppingCriteria):
+    """Ends generation at the model's last position: a story stops there (with a warning) instead of running into
+    positions the model has no embedding for."""
+
+    def __init__(self, max_position_embeddings: int):
+        self.max_position_embeddings = max_position_embeddings
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        done = input_ids.shape[1] >= self.max_position_embeddings
+        if done:
+            warnings.warn(f"generation stopped at the model's {self.max_position_embeddings} positions "
+                          "(max_position_embeddings, the context it was trained on)", stacklevel=2)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 def build_attention_masks(config, inputs_embeds, attention_mask, cache, position_ids) -> dict:
@@ -288,6 +305,12 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    def generate(self, *args, stopping_criteria=None, **kwargs):
+        """`GenerationMixin.generate`, stopped at the last position the model has (see PositionLimit)."""
+        criteria = StoppingCriteriaList(stopping_criteria or [])
+        criteria.append(PositionLimit(self.config.max_position_embeddings))
+        return super().generate(*args, stopping_criteria=criteria, **kwargs)
 
 
 __all__ = ["TinyGPTPreTrainedModel", "TinyGPTModel", "TinyGPTForCausalLM"]

@@ -3,8 +3,11 @@
 Two builders, each returning a `PreTrainedTokenizerFast` with `<|endoftext|>` as bos, eos and pad token and
 as the last id (as 50256 is in GPT-Neo's vocabulary), so 8,000 regular tokens make the seed's 8,001 ids:
 
-    prune_tokenizer(files, vocab_size=8000, source="EleutherAI/gpt-neo-125M", out_dir=DIR)   # the seed's method
-    train_tokenizer(files, vocab_size=8000, out_dir=DIR)                                      # a fresh byte-level BPE
+    prune_tokenizer(data, vocab_size=8000, source="EleutherAI/gpt-neo-125M", out_dir=DIR)   # the seed's method
+    train_tokenizer(data, vocab_size=8000, out_dir=DIR)                                      # a fresh byte-level BPE
+
+`data` is TinyStories .txt files (paths) or the stories themselves (any iterable of strings, e.g. a dataset's
+"text" column), so any dataset feeds the builders directly.
 
 Pruning counts GPT-Neo's tokens over the corpus and keeps the most frequent, always with the 256 byte-level
 symbols (so every string still encodes) and with every ancestor of a kept token in the merge tree (so every
@@ -15,6 +18,7 @@ regular tokens, bytes included; the special tokens come on top.
 """
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -140,10 +144,23 @@ def pruned_tokenizer_json(source_json: dict, kept_ids: list[int]) -> tuple[dict,
     return pruned, old_ids
 
 
-def prune_tokenizer(files, vocab_size: int = 8000, source=DEFAULT_SOURCE, out_dir=None) -> PreTrainedTokenizerFast:
+def corpus_stories(data) -> list[str]:
+    """The stories of `data`: TinyStories .txt files (a path, or paths: os.PathLike, or str naming a file or
+    ending in .txt), else the texts themselves."""
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if items and all(isinstance(x, os.PathLike) or isinstance(x, str) and (x.endswith(".txt") or os.path.isfile(x))
+                     for x in items):
+        return list(iter_stories(items))
+    stories = [text.strip() for text in items if isinstance(text, str) and text.strip()]
+    if not stories:
+        raise ValueError("no stories to build a tokenizer from")
+    return stories
+
+
+def prune_tokenizer(data, vocab_size: int = 8000, source=DEFAULT_SOURCE, out_dir=None) -> PreTrainedTokenizerFast:
     """GPT-Neo's tokenizer cut to the `vocab_size` tokens the corpus uses most (see the module docstring).
-    With out_dir, also saves the id map (new -> GPT-Neo ids) and the coverage report there."""
-    stories = list(iter_stories(files))
+    With out_dir, also saves it with the coverage report there."""
+    stories = corpus_stories(data)
     source_tokenizer = load_source_tokenizer(source)
     source_json = json.loads(source_tokenizer.to_str())
     counts = count_token_ids(source_tokenizer, stories, desc="counting GPT-Neo tokens")
@@ -170,10 +187,10 @@ def gpt_neo_ids(tokenizer) -> list[int]:
 # ----------------------------------------------------------------------------- training
 
 
-def train_tokenizer(files, vocab_size: int = 8000, out_dir=None, source=None) -> PreTrainedTokenizerFast:
+def train_tokenizer(data, vocab_size: int = 8000, out_dir=None, source=None) -> PreTrainedTokenizerFast:
     """A byte-level BPE (GPT-2's pre-tokenizer) of `vocab_size` regular tokens trained on the corpus.
     With out_dir, saves it with a coverage report (against `source`, GPT-Neo's tokenizer, when given)."""
-    stories = list(iter_stories(files))
+    stories = corpus_stories(data)
     if vocab_size < BYTE_SYMBOLS:
         raise ValueError(f"vocab_size {vocab_size} is below the {BYTE_SYMBOLS} byte-level symbols every string needs")
     tokenizer = Tokenizer(models.BPE())

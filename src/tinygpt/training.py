@@ -1,35 +1,38 @@
-"""Pretraining and fine-tuning with Trainer: arguments, presets, model and tokenizer set-up, the run itself.
+"""Pretraining and fine-tuning with Trainer: arguments, recipes, model and tokenizer set-up, the run itself.
 
 `train_hf.py` at the repository root is the entry point; it only calls `run_training`.
 """
 
 import json
-import math
 import os
-import platform
 import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import (AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig, HfArgumentParser,
-                          Trainer, set_seed, TrainingArguments, default_data_collator)
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .budget import Schedule, TimeBudget, process_start_time
 from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, SampleStoriesCallback, plot_losses
 from .configuration_tinygpt import PRESETS, TinyGPTConfig
+from .consistency import evaluate_consistency
 from .convert import gpt_neo_to_tinygpt, shrink_vocab
-from .data import DataArguments, DataFileError, load_raw_datasets, tokenize_datasets
+from .data import CausalLMCollator, DataArguments, DataFileError, load_raw_datasets, tokenize_for_training
+from .evaluation import evaluate_texts
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .parameters import parameter_table
+from .optim import build_muon_with_adamw, fast_bfloat16
+from .summary import RunSummary
 from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, prune_tokenizer, train_tokenizer
 
-SUMMARY_FILE = "training_summary.json"
 DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because"]
+# How stories are sampled: saved in every trained model's generation_config.json, from which the sample stories
+# during training, `tinygpt generate` and the playground read it.
+STORY_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=200)
 
 # A recipe is a model preset plus training arguments; anything given on the command line wins.
 RECIPES = {
@@ -37,19 +40,24 @@ RECIPES = {
     "tinystories-41m": {"model": "tinystories-41m", "argv": [
         "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "5", "--num_train_epochs", "1",
         "--block_size", "512"]},
-    # ~30 minutes on 2 CPU cores (see README for the measured run).
+    # 30 minutes on whatever machine runs it (see README for the measured run and BENCHMARKS.md for the choices).
     "cpu": {"model": "tinystories-cpu", "argv": [
-        "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1", "--block_size", "256",
-        "--max_steps", "2800", "--learning_rate", "2e-3", "--warmup_steps", "200", "--lr_scheduler_type", "cosine",
-        "--eval_steps", "500", "--save_steps", "500", "--logging_steps", "50", "--per_device_eval_batch_size", "32",
-        "--eval_subset_blocks", "200", "--bf16"]},
+        "--time_budget", "30", "--per_device_train_batch_size", "16", "--block_size", "256",
+        "--learning_rate", "2e-3", "--warmup_steps", "30", "--lr_scheduler_type", "cosine",
+        "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
+        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast"]},
 }
 
 
 @dataclass
 class ModelArguments:
-    preset: str = field(default="tinystories-41m", metadata={
-        "help": f"training recipe {sorted(RECIPES)} or model preset {sorted(PRESETS)}"})
+    recipe: str | None = field(default=None, metadata={
+        "help": f"a training recipe, i.e. a model preset and training arguments: {sorted(RECIPES)} "
+                "(default tinystories-41m, the seed's run)"})
+    model_preset: str | None = field(default=None, metadata={
+        "help": f"the model's shape, instead of the recipe's: {sorted(PRESETS)}"})
+    preset: str | None = field(default=None, metadata={
+        "help": "shorthand: --recipe NAME if NAME is a recipe, else --model_preset NAME"})
     config_overrides: str | None = field(default=None, metadata={
         "help": "model config changes, e.g. 'hidden_size=256,num_hidden_layers=4'"})
     init_from: str | None = field(default=None, metadata={
@@ -66,7 +74,7 @@ class ModelArguments:
 
 @dataclass
 class TinyGPTTrainingArguments(TrainingArguments):
-    """TrainingArguments with the TinyStories-33M recipe as defaults."""
+    """TrainingArguments with the TinyStories-33M recipe as defaults, plus a time budget, Muon and bf16-if-fast."""
 
     output_dir: str = field(default="runs/tinygpt", metadata={"help": "checkpoints and the final model"})
     learning_rate: float = 5e-4
@@ -81,21 +89,46 @@ class TinyGPTTrainingArguments(TrainingArguments):
     save_total_limit: int | None = 2
     logging_steps: float = 50
     use_cpu: bool = not torch.cuda.is_available()  # lets --bf16 mean CPU autocast on a machine without a GPU
+    time_budget: float | None = field(default=None, metadata={
+        "help": "minutes for the whole run (tokenizer, data, training, final evaluation, saving): the number of "
+                "steps is planned from the measured speed, and the learning-rate schedule ends with training"})
+    muon: bool = field(default=False, metadata={
+        "help": "torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest (one learning rate)"})
+    bf16_if_fast: bool = field(default=False, metadata={
+        "help": "bf16 autocast only where this machine runs bfloat16 matrix products faster than float32"})
+
+    def __post_init__(self):
+        if self.bf16_if_fast and not self.bf16:
+            self.bf16 = fast_bfloat16()  # on a CPU without bf16 units, bf16 autocast is ~100x slower
+        super().__post_init__()
 
 
 def parse_arguments(argv: list[str]):
-    """(model, data, training) arguments, with the chosen recipe's values under the command line's."""
-    preset = ModelArguments.preset
+    """(model, data, training) arguments, with the chosen recipe's values under the command line's; the
+    model arguments' recipe and model_preset resolved (--preset is one or the other)."""
+    named = {}
     for i, arg in enumerate(argv):
-        if arg == "--preset" and i + 1 < len(argv):
-            preset = argv[i + 1]
-        elif arg.startswith("--preset="):
-            preset = arg.split("=", 1)[1]
-    if preset not in RECIPES and preset not in PRESETS:
+        for option in ("--recipe", "--model_preset", "--model-preset", "--preset"):
+            if arg == option and i + 1 < len(argv):
+                named[option.replace("-", "_").strip("_")] = argv[i + 1]
+            elif arg.startswith(option + "="):
+                named[option.replace("-", "_").strip("_")] = arg.split("=", 1)[1]
+    preset = named.get("preset")
+    if preset is not None and preset not in RECIPES and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose a recipe {sorted(RECIPES)} or a model {sorted(PRESETS)}")
-    recipe_argv = RECIPES[preset]["argv"] if preset in RECIPES else []
+    recipe = named.get("recipe") or (preset if preset in RECIPES else None)
+    model_preset = named.get("model_preset") or (preset if preset in PRESETS and preset not in RECIPES else None)
+    if recipe is None and model_preset is None:
+        recipe = "tinystories-41m"  # the seed's run
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    if model_preset is not None and model_preset not in PRESETS:
+        raise ValueError(f"unknown model preset {model_preset!r}; choose one of {sorted(PRESETS)}")
+    recipe_argv = RECIPES[recipe]["argv"] if recipe else []  # a bare model preset trains with the defaults
     parser = HfArgumentParser((ModelArguments, DataArguments, TinyGPTTrainingArguments))
-    return parser.parse_args_into_dataclasses(args=recipe_argv + list(argv))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=recipe_argv + list(argv))
+    model_args.recipe, model_args.model_preset = recipe, model_preset or RECIPES[recipe]["model"]
+    return model_args, data_args, args
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -118,7 +151,7 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
     return str(complete[-1]) if complete else None
 
 
-def load_or_build_tokenizer(model_args: ModelArguments, data_args: DataArguments, raw, out: Path, args):
+def load_or_build_tokenizer(model_args: ModelArguments, raw, out: Path, args):
     if model_args.tokenizer:
         return AutoTokenizer.from_pretrained(model_args.tokenizer)
     folder = out / "tokenizer"
@@ -127,34 +160,32 @@ def load_or_build_tokenizer(model_args: ModelArguments, data_args: DataArguments
             build = {"prune": prune_tokenizer, "train": train_tokenizer}.get(model_args.build_tokenizer)
             if build is None:
                 raise ValueError(f"--build_tokenizer must be prune or train, got {model_args.build_tokenizer!r}")
-            with tempfile.TemporaryDirectory() as tmp:
-                corpus = _tokenizer_corpus(data_args, raw, Path(tmp))
-                build(corpus, vocab_size=model_args.tokenizer_vocab_size, source=model_args.tokenizer_source,
-                      out_dir=folder)
+            build(raw["train"]["text"] if hasattr(raw["train"], "cache_files") else
+                  (row["text"] for row in raw["train"].take(200_000)),
+                  vocab_size=model_args.tokenizer_vocab_size, source=model_args.tokenizer_source, out_dir=folder)
     return AutoTokenizer.from_pretrained(folder)
 
 
-def _tokenizer_corpus(data_args, raw, tmp: Path, limit: int = 200_000) -> list:
-    """.txt training files as they are; other data written out (up to `limit` stories) in the .txt format."""
-    if data_args.train_file and all(f.endswith(".txt") for f in data_args.train_file):
-        return list(data_args.train_file)
-    path = tmp / "corpus.txt"
-    with path.open("w", encoding="utf-8") as handle:
-        for row in raw["train"].take(limit):
-            handle.write(row["text"].strip() + "\n<|endoftext|>\n")
-    return [path]
-
-
-def build_model(model_args: ModelArguments, tokenizer) -> TinyGPTForCausalLM:
+def build_model(model_args: ModelArguments, tokenizer, block_size: int | None) -> TinyGPTForCausalLM:
+    """A fresh model has exactly the positions it trains on (block_size, when given); a loaded one keeps its own."""
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if model_args.init_from:
         model = _load_checkpoint(model_args.init_from, tokenizer)
         model.config.update(special)
-        return model
-    model_preset = RECIPES[model_args.preset]["model"] if model_args.preset in RECIPES else model_args.preset
+    else:
+        model = TinyGPTForCausalLM(_fresh_config(model_args, len(tokenizer), block_size, special))
+    model.generation_config = GenerationConfig(**STORY_SAMPLING, pad_token_id=tokenizer.pad_token_id, **special)
+    return model
+
+
+def _fresh_config(model_args: ModelArguments, vocab_size: int, block_size: int | None, special: dict) -> TinyGPTConfig:
     overrides = _parse_overrides(model_args.config_overrides)
-    config = TinyGPTConfig.from_preset(model_preset, **{**overrides, "vocab_size": len(tokenizer), **special})
-    return TinyGPTForCausalLM(config)
+    if block_size is not None:
+        positions = overrides.setdefault("max_position_embeddings", block_size)
+        if positions != block_size:
+            raise ValueError(f"--block_size {block_size} and max_position_embeddings={positions} differ: a fresh "
+                             "model has the positions it is trained on, so give one of the two")
+    return TinyGPTConfig.from_preset(model_args.model_preset, **{**overrides, "vocab_size": vocab_size, **special})
 
 
 def _load_checkpoint(source: str, tokenizer) -> TinyGPTForCausalLM:
@@ -188,83 +219,99 @@ def _parse_overrides(text: str | None) -> dict:
 
 
 class TinyGPTTrainer(Trainer):
-    """Trainer whose evaluation also reports perplexity and bits per byte of the validation text."""
+    """Trainer with the project's evaluation (`evaluate_texts`: the one bits-per-byte definition, the same as
+    `tinygpt eval`), its learning-rate `Schedule` (which a time budget re-plans) and, with --muon, Muon.
+    The evaluation data are the validation stories (a "text" column), not token blocks."""
 
-    def __init__(self, *args, tokens_per_byte: float, **kwargs):
+    def __init__(self, *args, block_size: int, started: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.tokens_per_byte = tokens_per_byte
+        self.block_size = block_size
+        self.started = process_start_time() if started is None else started
 
-    def evaluation_loop(self, *args, **kwargs):
-        output = super().evaluation_loop(*args, **kwargs)
-        prefix = kwargs.get("metric_key_prefix", "eval")
-        loss = output.metrics.get(f"{prefix}_loss")
-        if loss is not None:
-            output.metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 50.0))
-            output.metrics[f"{prefix}_bits_per_byte"] = loss / math.log(2) * self.tokens_per_byte
-        return output
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        """Every log entry also carries the seconds since the process started (loss against wall time)."""
+        super().log({**logs, "elapsed_s": round(time.time() - self.started, 1)}, start_time)
+
+    def create_optimizer(self, model=None):
+        if getattr(self.args, "muon", False) and self.optimizer is None:
+            model = model or self.model
+            self.optimizer = build_muon_with_adamw(model, self.args, set(self.get_decay_parameter_names(model)))
+        return super().create_optimizer(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            schedule = Schedule(self.args.lr_scheduler_type, self.args.warmup_steps, num_training_steps,
+                                self.args.lr_scheduler_kwargs)
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, schedule)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        data = self.eval_dataset if eval_dataset is None else eval_dataset
+        result = evaluate_texts(self.model, self.processing_class, (row["text"] for row in data), self.block_size,
+                                self.args.per_device_eval_batch_size, progress=not self.args.disable_tqdm)
+        metrics = {f"{metric_key_prefix}_{name}": result[name] for name in ("loss", "perplexity", "bits_per_byte")}
+        metrics[f"{metric_key_prefix}_stories"] = result["stories"]
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
 
 
 def run_training(argv: list[str]) -> dict:
+    """Set up (arguments, output folder, data, tokenizer, model), train, evaluate, save, summarise."""
+    started = process_start_time()
     model_args, data_args, args = parse_arguments(argv)
-    started = time.time()
-    out = Path(args.output_dir)
     checkpoint = prepare_output_dir(args.output_dir, model_args.resume)
     raw = load_raw_datasets(data_args, seed=args.seed)
-    tokenizer = load_or_build_tokenizer(model_args, data_args, raw, out, args)
+    tokenizer = load_or_build_tokenizer(model_args, raw, Path(args.output_dir), args)
     set_seed(args.seed)  # the fresh model's weights depend on the seed alone, on every process
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, tokenizer, data_args.block_size)
     block_size = data_args.block_size or model.config.max_position_embeddings
     if not 2 <= block_size <= model.config.max_position_embeddings:
         raise ValueError(f"--block_size {block_size} must be between 2 and the model's max_position_embeddings "
                          f"({model.config.max_position_embeddings})")
     with args.main_process_first(desc="tokenizing"):
-        data, stats = tokenize_datasets(raw, tokenizer, block_size, data_args.packing,
-                                        data_args.preprocessing_num_workers)
-    collator = default_data_collator if data_args.packing else DataCollatorForSeq2Seq(tokenizer, padding=True)
+        train = tokenize_for_training(raw["train"], tokenizer, block_size, data_args.packing,
+                                      data_args.preprocessing_num_workers)
+    validation = raw["validation"]
+    during = validation.take(data_args.eval_subset_stories) if data_args.eval_subset_stories else validation
     samples = SampleStoriesCallback(tokenizer, model_args.sample_prompts, model_args.sample_max_new_tokens)
-    validation = data["validation"]
-    if data_args.eval_subset_blocks and not data_args.streaming:
-        validation = validation.select(range(min(data_args.eval_subset_blocks, len(validation))))
+    budget = _time_budget(args, started, validation, during)
     trainer = TinyGPTTrainer(
-        model=model, args=args, train_dataset=data["train"], eval_dataset=validation,
-        data_collator=collator, processing_class=tokenizer, tokens_per_byte=stats["tokens"] / stats["bytes"],
-        callbacks=[CheckpointCompleteCallback(), samples])
+        model=model, args=args, train_dataset=train, eval_dataset=during, block_size=block_size, started=started,
+        data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=[CheckpointCompleteCallback()] + ([budget] if budget else []) + [samples])
+    if budget:
+        budget.progress = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = trainer.evaluate(data["validation"])  # the whole validation set
-    model.generation_config = GenerationConfig(do_sample=True, temperature=0.7, top_k=50, max_new_tokens=200,
-                                               bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    trainer.save_model(str(out))  # model.safetensors, config.json + code files, tokenizer, generation_config
+    metrics = trainer.evaluate(validation)  # all of it, as `tinygpt eval` does
+    model.config.use_cache = True  # Trainer turns the cache off for training; generation wants it back
+    trainer.save_model(args.output_dir)  # model.safetensors, config.json + code files, tokenizer, generation_config
+    trainer.save_state()  # trainer_state.json: every logged loss and evaluation, with elapsed_s
     if not trainer.is_world_process_zero():
         return metrics
-    summary = {
-        "command": " ".join([Path(sys.argv[0]).name] + list(argv)),
-        "preset": model_args.preset,
-        "parameters": dict(parameter_table(model)),
-        "model_config": model.config.to_diff_dict(),
-        "data": {"train_file": data_args.train_file, "validation_file": data_args.validation_file,
-                 "dataset": None if data_args.train_file else data_args.dataset_name, "block_size": block_size,
-                 "packing": data_args.packing, "validation_tokens_per_byte": stats["tokens"] / stats["bytes"]},
-        "training": {"global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-                     "epochs": trainer.state.epoch, "train_loss": result.training_loss,
-                     "tokens_seen": trainer.state.global_step * args.per_device_train_batch_size
-                     * args.gradient_accumulation_steps * args.world_size * block_size,
-                     "train_runtime_s": result.metrics.get("train_runtime"), "wall_time_s": time.time() - started,
-                     "resumed_from": checkpoint, "bf16": args.bf16, "world_size": args.world_size},
-        "eval": metrics,
-        "samples": samples.latest,
-        "hyperparameters": {k: v for k, v in asdict(args).items() if k in (
-            "learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "warmup_steps", "lr_scheduler_type",
-            "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed")},
-        "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
-                        "python": platform.python_version(), "cpus": os.cpu_count(),
-                        "cuda": torch.cuda.is_available()},
-    }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-    plot_losses(trainer.state.log_history, out / "loss.png")
-    print(f"saved the model, tokenizer, {SUMMARY_FILE} and loss.png to {out}")
+    summary = RunSummary.of_run(argv, model_args, data_args, args, trainer, result, metrics, started, checkpoint,
+                                block_size, samples.latest, evaluate_consistency(model, tokenizer),
+                                budget.decision if budget else None)
+    summary.write(args.output_dir)
+    plot_losses(trainer.state.log_history, Path(args.output_dir) / "loss.png")
+    print(f"saved the model, tokenizer, {summary.FILE} and loss.png to {args.output_dir}")
     return metrics
+
+
+def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
+    if args.time_budget is None:
+        return None
+    if args.time_budget <= 0:
+        raise ValueError(f"--time_budget must be a positive number of minutes, got {args.time_budget}")
+    if args.max_steps <= 0:  # the budget decides; this only bounds the data loader's epochs
+        args.max_steps = 10_000_000
+    share = _bytes(validation) / max(1, _bytes(during))
+    return TimeBudget(started, args.time_budget * 60, final_share=share)
+
+
+def _bytes(texts) -> int:
+    return sum(len(row["text"].encode("utf-8")) for row in texts)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,53 @@
+"""Validation bits per byte against wall-clock minutes for finished training runs, on one plot (BENCHMARKS.md).
+
+    python benchmarks/plot_recipes.py --out docs/cpu_recipes.png \
+        --run "new recipe (--preset cpu)=runs/cpu" --run "former recipe, 30 min=runs/former" \
+        --run "GPT-Neo, Trainer defaults=runs/gpt-neo-defaults"
+
+Each run folder is one written by train_hf.py or benchmarks/gpt_neo_baseline.py: its trainer_state.json holds
+the evaluations made during training, each with the seconds since the process started (`elapsed_s`), and its
+training_summary.json the final evaluation (drawn as the last point, at the run's wall time).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def curve(folder: Path) -> tuple[list[float], list[float]]:
+    """(minutes, bits per byte) of the run's evaluations, the final one last."""
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    points = [(e["elapsed_s"] / 60, e["eval_bits_per_byte"]) for e in history
+              if "eval_bits_per_byte" in e and "elapsed_s" in e]
+    summary = json.loads((folder / "training_summary.json").read_text())
+    points.append((summary["training"]["wall_time_s"] / 60, summary["eval"]["eval_bits_per_byte"]))
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", required=True, help="LABEL=FOLDER, repeatable")
+    parser.add_argument("--out", default="docs/cpu_recipes.png")
+    parser.add_argument("--title", default="held-out bits per byte against wall time (2 CPU cores)")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for item in args.run:
+        label, _, folder = item.partition("=")
+        minutes, bpb = curve(Path(folder))
+        axis.plot(minutes, bpb, "o-", label=f"{label}: {bpb[-1]:.3f}")
+    axis.set(xlabel="minutes since the command started", ylabel="validation bits per byte", title=args.title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

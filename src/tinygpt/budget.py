@@ -1,0 +1,178 @@
+"""Training for a time instead of a step count (`train_hf.py --time_budget MINUTES`).
+
+The whole run (imports, tokenizer, tokenization, compilation, training, the evaluations, the final evaluation on
+the whole validation set, samples and saving) ends within the budget, and its learning-rate schedule ends where
+training ends, never cut off midway. How: the number of steps is planned from measurements taken during the run
+itself (seconds per training step, seconds per evaluated block, the time the samples take), and re-planned at
+every step until the schedule starts to depend on it: at the end of the warm-up for schedules that decay from
+there (cosine, linear), at the start of the decay for warmup-stable-decay, whose stable phase is flat. From
+then on the step count is fixed; it is logged, saved in the checkpoints (with the scheduler's state, so a
+resumed run keeps it) and shown by the progress bar.
+
+`Schedule` is the learning-rate factor of every run (timed or not): transformers' schedules (`get_scheduler`),
+rebuilt when the planned step count changes. For warmup_stable_decay, `lr_scheduler_kwargs` may give the decay
+as a share of the steps, {"decay_ratio": 0.2}, instead of transformers' absolute `num_decay_steps`.
+"""
+
+import functools
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+from transformers import TrainerCallback, get_scheduler
+from transformers.trainer_callback import ProgressCallback
+
+# Schedules whose learning rate after the warm-up depends on the total number of steps.
+_DECAY_AFTER_WARMUP = {"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
+                       "cosine_warmup_with_min_lr"}
+SAFETY = 0.985  # share of the remaining time that is planned; the rest absorbs noise
+
+
+def process_start_time() -> float:
+    """When this process started (wall clock), so interpreter start-up and imports count too (Linux; elsewhere
+    the time this module was imported)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return time.time() - float(uptime.read().split()[0]) + started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+@functools.lru_cache(maxsize=64)
+def _library_factor(name: str, warmup: int, total: int, kwargs_json: str):
+    """The learning-rate factor function of transformers' schedule `name` for these step counts."""
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    kwargs = json.loads(kwargs_json)
+    return get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total,
+                         scheduler_specific_kwargs=kwargs).lr_lambdas[0]
+
+
+class Schedule:
+    """Learning-rate factor at a step, for `LambdaLR`. Its plain attributes are saved and restored with the
+    scheduler's state (that is how a resumed run keeps a planned step count)."""
+
+    def __init__(self, name: str, warmup: float, total_steps: int, kwargs: dict | None = None):
+        self.name, self.warmup, self.total_steps = str(getattr(name, "value", name)), warmup, int(total_steps)
+        self.kwargs = dict(kwargs or {})
+        self.planned = False  # True once a time budget has fixed total_steps
+        self._factor(0)  # unknown names and bad kwargs fail here, before training starts
+
+    def warmup_steps(self, total: int | None = None) -> int:
+        total = self.total_steps if total is None else total
+        return math.ceil(self.warmup * total) if 0 < self.warmup < 1 else int(self.warmup)
+
+    def decay_start(self, total: int) -> int:
+        """The first step whose learning rate depends on `total`."""
+        if self.name == "warmup_stable_decay":
+            return total - self._decay_steps(total)
+        return self.warmup_steps(total) if self.name in _DECAY_AFTER_WARMUP else total
+
+    def _decay_steps(self, total: int) -> int:
+        if "num_decay_steps" in self.kwargs:
+            return int(self.kwargs["num_decay_steps"])
+        return round(float(self.kwargs.get("decay_ratio", 0.2)) * total)
+
+    def _factor(self, step: int) -> float:
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "decay_ratio"}
+        if self.name == "warmup_stable_decay":
+            kwargs["num_decay_steps"] = self._decay_steps(self.total_steps)
+        return _library_factor(self.name, self.warmup_steps(), self.total_steps,
+                               json.dumps(kwargs, sort_keys=True))(step)
+
+    def __call__(self, step: int) -> float:
+        return self._factor(step)
+
+
+class TimeBudget(TrainerCallback):
+    """Plans the number of training steps so that the run, final work included, ends by `deadline`.
+
+    final_share: how many times the final evaluation's data is that of an evaluation during training (by bytes).
+    calibration_steps: steps timed before the first plan (the first two, which may compile, are not counted);
+    an evaluation is run right after them, so its cost is measured before the plan is fixed.
+    The schedule is the trainer's (`lr_scheduler.lr_lambdas[0]`, a `Schedule`), reached through the callback
+    arguments. Set `progress` to Trainer's ProgressCallback to have its bar show the planned steps.
+    """
+
+    def __init__(self, started: float, budget_s: float, final_share: float, calibration_steps: int = 8,
+                 margin_s: float = 10.0):
+        self.started, self.budget_s, self.final_share = started, budget_s, final_share
+        self.calibration_steps, self.margin_s = calibration_steps, margin_s
+        self.progress: ProgressCallback | None = None
+        self.step_seconds: list[float] = []  # between the ends of consecutive steps with nothing else between
+        self.eval_seconds: list[float] = []  # the evaluation loop of an evaluation during training
+        self.event_seconds: list[float] = []  # a step with an evaluation (and samples, saving) after it
+        self.decision: dict = {}
+        self._last_end: float | None = None
+        self._eval_loop: float | None = None
+
+    # ---- measuring
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # Registered before the sample stories, so this is the evaluation loop alone.
+        if self._last_end is not None and self._eval_loop is None:
+            self._eval_loop = time.time() - self._last_end
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        now = time.time()
+        if self._last_end is not None:
+            if self._eval_loop is None:
+                self.step_seconds.append(now - self._last_end)
+            else:
+                self.eval_seconds.append(self._eval_loop)
+                self.event_seconds.append(now - self._last_end)
+        self._last_end, self._eval_loop = now, None
+        schedule = lr_scheduler.lr_lambdas[0]
+        if schedule.planned:
+            control.should_training_stop = control.should_training_stop or state.global_step >= schedule.total_steps
+            return
+        timed = len(self.step_seconds) - 1  # the first interval may hold compilation
+        if timed == self.calibration_steps and not self.eval_seconds:
+            control.should_evaluate = True  # measure what an evaluation costs before planning with it
+        if timed >= self.calibration_steps and self.eval_seconds:
+            self._plan(args, state, control, lr_scheduler, schedule)
+
+    # ---- planning
+
+    def _plan(self, args, state, control, lr_scheduler, schedule: Schedule) -> None:
+        step_s = statistics.median(self.step_seconds[1:][-50:])
+        eval_s = self.eval_seconds[-1]  # the latest: the first may hold compilation
+        event_s = max(0.0, self.event_seconds[-1] - step_s)  # evaluation, samples and saving
+        final_s = eval_s * self.final_share + (event_s - eval_s) + self.margin_s
+        left = (self.started + self.budget_s - time.time() - final_s) * SAFETY
+        total = state.global_step
+        for _ in range(3):  # the number of evaluations depends on the number of steps
+            evals = (total - state.global_step) // max(1, _every(args.eval_steps, total))
+            total = state.global_step + max(0, int((left - evals * event_s) / step_s))
+        schedule.total_steps = total
+        state.max_steps = total
+        state.compute_steps(args, total)  # eval/save/logging steps given as a share of the run
+        if total <= state.global_step or state.global_step >= schedule.decay_start(total):
+            schedule.planned = True
+            self._report(state, total, step_s, event_s, final_s)
+            control.should_training_stop = total <= state.global_step
+        for group, lr in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs):
+            group["lr"] = lr * schedule(state.global_step)  # the coming step follows the new plan
+
+    def _report(self, state, total, step_s, event_s, final_s) -> None:
+        spent = time.time() - self.started
+        self.decision = {"planned_steps": total, "decided_at_step": state.global_step,
+                         "seconds_per_step": round(step_s, 4), "seconds_per_evaluation": round(event_s, 2),
+                         "final_work_s": round(final_s, 1), "spent_s_when_decided": round(spent, 1),
+                         "budget_s": self.budget_s}
+        print(f"\ntime budget {self.budget_s / 60:g} min: {spent:.0f} s spent by step {state.global_step}; "
+              f"{step_s:.3f} s per step, {event_s:.1f} s per evaluation, {final_s:.0f} s kept for the final "
+              f"evaluation and saving -> {total:,} steps in all", flush=True)
+        if self.progress is not None and self.progress.training_bar is not None:
+            self.progress.training_bar.total = total
+            self.progress.training_bar.refresh()
+
+
+def _every(steps, total) -> int:
+    return math.ceil(steps * total) if steps < 1 else int(steps)

@@ -1,0 +1,76 @@
+"""The run summary, `training_summary.json`: written at the end of training (tinygpt.training), read by
+publishing (the model card in tinygpt.hub). Its fields are defined here and nowhere else."""
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+HYPERPARAMETERS = ("learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "warmup_steps", "lr_scheduler_type",
+                   "lr_scheduler_kwargs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+                   "num_train_epochs", "time_budget", "muon", "bf16", "torch_compile", "seed")
+
+
+@dataclass
+class RunSummary:
+    command: str = ""
+    recipe: str = ""
+    model_preset: str = ""
+    parameters: dict = field(default_factory=dict)  # the seed's table: embedding / blocks / output / total
+    model_config: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # files or dataset, block size, packing
+    training: dict = field(default_factory=dict)  # steps, tokens seen, losses, times
+    eval: dict = field(default_factory=dict)  # the final evaluation on all validation stories (eval_loss, ...)
+    consistency: dict = field(default_factory=dict)  # tinygpt.consistency.evaluate_consistency
+    time_budget: dict | None = None  # what --time_budget decided (tinygpt.budget.TimeBudget.decision)
+    samples: list = field(default_factory=list)  # stories for the fixed prompts at the last evaluation
+    hyperparameters: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+
+    FILE: ClassVar[str] = "training_summary.json"
+
+    @classmethod
+    def of_run(cls, argv, model_args, data_args, args, trainer, result, metrics, started, checkpoint, block_size,
+               samples, consistency, time_budget) -> "RunSummary":
+        import torch
+        import transformers
+
+        from .parameters import parameter_table
+
+        model, state = trainer.model, trainer.state
+        tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return cls(
+            command=" ".join([Path(sys.argv[0]).name] + list(argv)),
+            recipe=model_args.recipe, model_preset=model_args.model_preset,
+            parameters=dict(parameter_table(model)) if hasattr(model, "model") else {"total": model.num_parameters()},
+            model_config=model.config.to_diff_dict(),
+            data={"train_file": data_args.train_file, "validation_file": data_args.validation_file,
+                  "dataset": None if data_args.train_file else data_args.dataset_name, "block_size": block_size,
+                  "packing": data_args.packing},
+            training={"global_step": state.global_step, "max_steps": state.max_steps, "epochs": state.epoch,
+                      "train_loss": result.training_loss, "tokens_seen": state.global_step * tokens_per_step * block_size,
+                      "train_runtime_s": result.metrics.get("train_runtime"), "wall_time_s": time.time() - started,
+                      "resumed_from": checkpoint, "bf16": args.bf16, "world_size": args.world_size},
+            eval=metrics, consistency=consistency, time_budget=time_budget, samples=samples,
+            hyperparameters={k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
+            environment={"torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version(), "cpus": os.cpu_count(),
+                         "cuda": torch.cuda.is_available()})
+
+    def write(self, folder) -> Path:
+        path = Path(folder) / self.FILE
+        path.write_text(json.dumps(asdict(self), indent=2, default=str))
+        return path
+
+    @classmethod
+    def read(cls, folder) -> "RunSummary | None":
+        """The summary in a model folder, or None if the folder has none (a model not trained by train_hf.py)."""
+        path = Path(folder) / cls.FILE
+        if not path.is_file():
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})

@@ -1,0 +1,110 @@
+"""The evaluations: bits per byte (one definition for training, `tinygpt eval` and lm-evaluation-harness's
+context), the story-consistency items and their score, and the shipped lm-evaluation-harness tasks run by
+lm-eval itself on a model trained by train_hf.py."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import needs_data, tiny_model
+from tinygpt.consistency import EVALS, _pair_ids, evaluate_consistency, load_items
+from tinygpt.data import read_stories
+from tinygpt.evaluation import evaluate_texts, evaluation_blocks
+
+
+def test_the_consistency_items():
+    items = load_items()
+    assert len(items) >= 60 and len({item["id"] for item in items}) == len(items)
+    assert {item["kind"] for item in items} >= {"who has it", "which was chosen", "feelings", "everyday facts"}
+    for item in items:
+        assert item["right"] != item["wrong"] and item["prefix"] == item["prefix"].strip(), item["id"]
+        assert " " not in item["right"] + item["wrong"], item["id"]  # one word each, compared like for like
+
+
+@needs_data
+def test_consistency_score_equals_one_item_at_a_time(trained):
+    """The batched score equals scoring every continuation alone, token by token from the logits."""
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(trained), AutoTokenizer.from_pretrained(trained)
+    items = load_items()[:12]
+    result = evaluate_consistency(model, tokenizer, items)
+    right = 0
+    for item in items:
+        scores = []
+        for choice in (item["right"], item["wrong"]):
+            context, continuation = _pair_ids(tokenizer, item["prefix"], " " + choice)
+            ids = torch.tensor([(context + continuation)[-model.config.max_position_embeddings:]])
+            logprobs = model(ids).logits[0].log_softmax(-1)
+            n = len(continuation)
+            scores.append(sum(logprobs[-n - 1 + i, token].item() for i, token in enumerate(continuation)))
+        right += scores[0] >= scores[1]
+    assert result["correct"] == right and result["items"] == 12 and result["accuracy"] == right / 12
+
+
+def test_bits_per_byte_counts_every_token_once_and_the_bytes_of_the_stories():
+    model = tiny_model(vocab_size=97)
+
+    class Chars:  # a character-level "tokenizer" over the tiny vocabulary
+        eos_token_id = 96
+
+        def __call__(self, texts, add_special_tokens=False):
+            return type("Encoding", (), {"input_ids": [[ord(c) % 96 for c in text] for text in texts]})
+
+    texts = ["abcdefghij" * 5, "héllo wörld", "x" * 70]
+    blocks, n_bytes = evaluation_blocks(texts, Chars(), block_size=64)
+    # 50 + 11 + 70 characters and an eos after each story: 134 tokens, the last block shorter; 13 bytes for 11 chars
+    assert [len(b) for b in blocks] == [64, 64, 6] and n_bytes == 50 + 13 + 70
+    blocks, _ = evaluation_blocks(texts, Chars(), block_size=50)
+    assert [len(b) for b in blocks] == [50, 50, 34]
+    result = evaluate_texts(model, Chars(), texts, block_size=50, batch_size=2, progress=False)
+    assert result["tokens"] == 134 and result["blocks"] == 3
+    # by hand: every block's tokens after its first, in float32
+    total = 0.0
+    for block in blocks:
+        ids = torch.tensor([block])
+        total += model(ids, labels=ids).loss.item() * (len(block) - 1)
+    assert result["bits_per_byte"] == pytest.approx(total / math.log(2) / n_bytes, rel=1e-5)
+    with pytest.raises(ValueError, match="block size 65 must be between 2 and the model's max_position_embeddings"):
+        evaluate_texts(model, Chars(), texts, block_size=65)
+
+
+def lm_eval(trained, tasks, metadata=None, tmp_path=None):
+    """lm-evaluation-harness's CLI with its HF backend, as the README shows it."""
+    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+               f"pretrained={trained},trust_remote_code=True,dtype=float32", "--tasks", tasks, "--include_path",
+               str(EVALS), "--device", "cpu", "--batch_size", "8", "--output_path", str(tmp_path / "lm_eval")]
+    if metadata:
+        command += ["--metadata", json.dumps(metadata)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = sorted((tmp_path / "lm_eval").rglob("results_*.json"))
+    return json.loads(files[-1].read_text())
+
+
+@needs_data
+@pytest.mark.slow
+def test_lm_eval_runs_the_shipped_tasks_with_the_trained_context(trained, corpus, tmp_path):
+    """lm-eval 0.4.13 with `--include_path $(tinygpt lm-eval-tasks)`: its consistency accuracy is the package's,
+    its bits per byte is finite, and it reads the model's context (64 positions here) from the config."""
+    folder = subprocess.run([sys.executable, "-m", "tinygpt", "lm-eval-tasks"], capture_output=True, text=True)
+    assert folder.stdout.strip() == str(EVALS)
+    valid = corpus[1]
+    results = lm_eval(trained, "tinystories_consistency,tinystories_bpb",
+                      {"data_files": [str(valid)], "max_stories": 20}, tmp_path)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(trained), AutoTokenizer.from_pretrained(trained)
+    ours = evaluate_consistency(model, tokenizer)
+    assert results["results"]["tinystories_consistency"]["acc,none"] == pytest.approx(ours["accuracy"], abs=1e-9)
+    bpb = results["results"]["tinystories_bpb"]["bits_per_byte,none"]
+    assert 0 < bpb < 10 and results["n-samples"]["tinystories_bpb"]["effective"] == 20
+
+    from lm_eval.models.huggingface import HFLM
+
+    assert HFLM(pretrained=str(trained), device="cpu").max_length == model.config.max_position_embeddings == 64
+    # lm-eval scores each story from its start; ours packs the stories: close, not equal
+    packed = evaluate_texts(model, tokenizer, read_stories(valid)[:20], progress=False)["bits_per_byte"]
+    assert abs(bpb - packed) < 0.15 * packed
