@@ -4,6 +4,8 @@
     tinygpt generate --model DIR "Once upon a time"   # stream a story from a saved model (--compile: faster)
     tinygpt eval --model DIR --data valid.txt [--consistency]   # bits per byte, story consistency
     tinygpt lm-eval-tasks                             # the folder of the lm-evaluation-harness tasks
+    tinygpt export onnx --model DIR --out DIR [--int8]   # ONNX with a KV cache, for onnxruntime / transformers.js
+    tinygpt generate --model ONNX_DIR "Once upon a time" # the exported model on onnxruntime
     tinygpt app --model DIR [--model DIR2]            # the story playground in the browser (Gradio)
     tinygpt space --model-id USER/NAME --out DIR      # a Hugging Face Space folder running that playground
     tinygpt tokenizer prune --data train.txt --vocab-size 8000 --out tokenizer-8k [--source SRC]
@@ -13,6 +15,7 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def cmd_presets(args) -> None:
@@ -29,13 +32,21 @@ def cmd_presets(args) -> None:
 
 def cmd_generate(args) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer  # tinygpt is registered by now
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
 
     _check_model_folder(args.model)
+    onnx = (Path(args.model) / "onnx" / "model.onnx").is_file()  # a folder written by `tinygpt export onnx`
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    if onnx:
+        from .onnx_export import OnnxGenerator
+
+        model = OnnxGenerator(args.model, int8=args.int8)
+        limit, generation = model.positions, GenerationConfig.from_pretrained(args.model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+        limit, generation = model.config.max_position_embeddings, model.generation_config
     inputs = tokenizer(args.prompt, return_tensors="pt")
-    limit, used = model.config.max_position_embeddings, inputs.input_ids.shape[1]
+    used = inputs.input_ids.shape[1]
     if args.max_new_tokens is not None and used + args.max_new_tokens > limit:
         raise ValueError(f"prompt ({used} tokens) plus --max-new-tokens ({args.max_new_tokens}) exceeds the "
                          f"model's {limit} positions")
@@ -46,7 +57,15 @@ def cmd_generate(args) -> None:
         settings["do_sample"] = False
     elif settings:
         settings["do_sample"] = True
-    new_tokens = args.max_new_tokens or min(model.generation_config.max_new_tokens or 200, limit - used)
+    new_tokens = args.max_new_tokens or min(generation.max_new_tokens or 200, limit - used)
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True)
+    if onnx:
+        streamer.put(inputs.input_ids)  # the prompt first, as generate() streams it
+        sampling = {k: v for k, v in {**generation.to_dict(), **settings}.items()
+                    if k in ("do_sample", "temperature", "top_k", "top_p") and v is not None}
+        model.generate(inputs.input_ids.numpy(), max_new_tokens=new_tokens, eos_token_id=tokenizer.eos_token_id,
+                       seed=args.seed, streamer=streamer, **sampling)
+        return
     torch.manual_seed(args.seed)
     if args.compile:
         from .compiled import CompiledGenerator
@@ -55,7 +74,7 @@ def cmd_generate(args) -> None:
     model.generate(
         **inputs,
         max_new_tokens=new_tokens,
-        streamer=TextStreamer(tokenizer, skip_special_tokens=True),
+        streamer=streamer,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         **settings,
     )
@@ -89,6 +108,17 @@ def cmd_eval(args) -> None:
               f"({result['consistency']['correct']}/{result['consistency']['items']} items)")
     if args.json:
         print(json.dumps(result))
+
+
+def cmd_export(args) -> None:
+    from .onnx_export import export_onnx
+
+    _check_model_folder(args.model)
+    out = export_onnx(args.model, args.out, int8=args.int8)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    print(f"exported {args.model} to {out}:")
+    for path in files:
+        print(f"  {path.relative_to(out)}  ({path.stat().st_size:,} bytes)")
 
 
 def cmd_lm_eval_tasks(args) -> None:
@@ -189,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--compile", action="store_true",
                           help="compiled decode step (tinygpt.compiled): faster on CPU after a 10-40 s compile")
+    generate.add_argument("--int8", action="store_true", help="for an exported ONNX folder: the int8 model")
     generate.set_defaults(run=cmd_generate)
 
     app = commands.add_parser("app", help="the story playground (Gradio) on localhost")
@@ -214,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", action="store_true", help="also print the result as JSON")
     evaluate.set_defaults(run=cmd_eval)
+
+    export = commands.add_parser("export", help="export a model to run outside PyTorch (ONNX, for onnxruntime and "
+                                                 "transformers.js)")
+    export.add_argument("format", choices=["onnx"])
+    export.add_argument("--model", required=True, help="a TinyGPT folder")
+    export.add_argument("--out", required=True, help="the folder to write (onnx/model.onnx, configs, tokenizer)")
+    export.add_argument("--int8", action="store_true", help="also onnx/model_quantized.onnx (int8 weights)")
+    export.set_defaults(run=cmd_export)
 
     tasks = commands.add_parser("lm-eval-tasks", help="print the folder of the lm-evaluation-harness task YAMLs")
     tasks.set_defaults(run=cmd_lm_eval_tasks)
