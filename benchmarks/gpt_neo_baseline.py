@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM, HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
 
 from tinygpt.budget import process_start_time
 from tinygpt.consistency import evaluate_consistency
@@ -59,14 +60,15 @@ def main() -> None:
     trainer = TinyGPTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                              block_size=block_size, started=started, processing_class=tokenizer,
                              data_collator=CausalLMCollator(tokenizer.pad_token_id), callbacks=[budget])
+    budget.progress = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
     result = trainer.train()
     metrics = trainer.evaluate(validation)
     trainer.save_model(base.output_dir)
     trainer.save_state()
     consistency = evaluate_consistency(model, tokenizer)
-    RunSummary.of_run(sys.argv[1:], ModelArguments(recipe="gpt-neo with Trainer's defaults", model_preset="tinystories-cpu's former shape"), data_args, args, trainer,
-                      result, metrics, started, None, block_size, [], consistency, budget.decision
-                      ).write(base.output_dir)
+    described = ModelArguments(recipe="gpt-neo with Trainer's defaults", model_preset="tinystories-cpu's former shape")
+    RunSummary.of_run(sys.argv[1:], described, data_args, args, trainer, result, metrics, started, None, block_size,
+                      [], consistency, budget.decision).write(base.output_dir)
     print(f"GPT-Neo with Trainer's defaults: {trainer.state.global_step} steps, validation bits per byte "
           f"{metrics['eval_bits_per_byte']:.4f}, consistency {consistency['accuracy']:.3f}; saved to {Path(base.output_dir)}")
 

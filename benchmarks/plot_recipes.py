@@ -4,7 +4,8 @@
         --run "new recipe (--preset cpu)=runs/cpu" --run "former recipe, 30 min=runs/former" \
         --run "GPT-Neo, Trainer defaults=runs/gpt-neo-defaults"
 
-Each run folder is one written by train_hf.py or benchmarks/gpt_neo_baseline.py: its trainer_state.json holds
+Each run folder is one written by train_hf.py or benchmarks/gpt_neo_baseline.py, or its record in docs/cpu-runs
+(log_history.json instead of trainer_state.json): its trainer_state.json holds
 the evaluations made during training, each with the seconds since the process started (`elapsed_s`), and its
 training_summary.json the final evaluation (drawn as the last point, at the run's wall time).
 """
@@ -16,7 +17,10 @@ from pathlib import Path
 
 def curve(folder: Path) -> tuple[list[float], list[float]]:
     """(minutes, bits per byte) of the run's evaluations, the final one last."""
-    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    if (folder / "trainer_state.json").is_file():
+        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    else:  # a kept record (docs/cpu-runs/NAME) holds the log history alone
+        history = json.loads((folder / "log_history.json").read_text())
     points = [(e["elapsed_s"] / 60, e["eval_bits_per_byte"]) for e in history
               if "eval_bits_per_byte" in e and "elapsed_s" in e]
     summary = json.loads((folder / "training_summary.json").read_text())

@@ -46,18 +46,18 @@ class FakeClock:
         return self.now
 
 
-def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work(monkeypatch):
-    """1 s per step, 10 s per evaluation of 1/4 of the validation data (+2 s of samples), 100 s spent before
-    training, 600 s in all: the steps planned leave room for every evaluation and the final one."""
+def simulate(monkeypatch, step_time=lambda step: 1.0):
+    """A 600 s run with 100 s spent before training, on a fake clock: steps of `step_time(step)` s, an evaluation
+    (10 s of evaluating 1/4 of the validation data + 2 s of samples) when the planner asks and every 100 steps.
+    The clock when training stops, the planner and its warmup-stable-decay schedule."""
     clock = FakeClock()
     monkeypatch.setattr(budget.time, "time", clock.time)
     args = TrainingArguments(output_dir="unused", eval_steps=100, report_to=[])
     state, control = TrainerState(), TrainerControl()
     planner = TimeBudget(started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10)
     lr_scheduler = scheduler(Schedule("warmup_stable_decay", 5, 10_000_000, {"decay_ratio": 0.2}))
-    schedule = lr_scheduler.lr_lambdas[0]
     for step in range(1, 1000):
-        clock.now += 1.0  # the training step
+        clock.now += step_time(step)  # the training step
         state.global_step = step
         planner.on_step_end(args, state, control, lr_scheduler=lr_scheduler)
         if control.should_training_stop:
@@ -67,12 +67,51 @@ def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work(monkeypatc
             clock.now += 10.0
             planner.on_evaluate(args, state, control)
             clock.now += 2.0  # the sample stories
+    return clock.now, planner, state, lr_scheduler.lr_lambdas[0]
+
+
+def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work(monkeypatch):
+    """1 s per step: the steps planned leave room for every evaluation and the final work."""
+    now, planner, state, schedule = simulate(monkeypatch)
     decision = planner.decision
     assert schedule.planned and decision["planned_steps"] == state.global_step == schedule.total_steps
-    # 600 s - 100 s before training - the final work (40 s of evaluation, 2 s of samples, 10 s of margin) = 448 s,
-    # less 4 evaluations along the way (12 s each: the planner's at step 6, then at 100, 200, 300): 400 steps of
-    # 1 s, a little less with the safety factor on what is left when the plan is fixed
-    assert decision["final_work_s"] == 52.0 and 390 <= decision["planned_steps"] <= 400
-    end_of_run = clock.now + decision["final_work_s"]
-    assert end_of_run <= planner.started + 600
+    # 600 s - 100 s before training - the final work (Trainer's evaluation at the last step, 12 s, then 40 s of
+    # evaluation, 2 s of samples, 10 s of margin) = 436 s, less 4 evaluations along the way (12 s each: the
+    # planner's at step 6, then at 100, 200, 300): 388 steps of 1 s, a little less with the safety factor on what
+    # is left when the plan is fixed
+    assert decision["final_work_s"] == 64.0 and 380 <= decision["planned_steps"] <= 388
+    assert now + decision["final_work_s"] <= planner.started + 600
     assert decision["decided_at_step"] == schedule.decay_start(decision["planned_steps"])  # fixed when decay starts
+    assert "first_planned_steps" not in decision  # a steady speed never shrinks the plan
+
+
+@pytest.mark.parametrize("later_step_s", [1.3, 0.8])
+def test_a_run_whose_speed_changes_after_the_plan_ends_in_time_with_its_budget_used(monkeypatch, later_step_s):
+    """Steps 30% slower, or 20% faster, from step 320 on (after the plan is fixed at the decay start): the plan
+    follows, the run ends within the budget and not more than 3% of it early, and the learning rate still
+    comes down to zero at the last step."""
+    now, planner, state, schedule = simulate(monkeypatch, lambda step: 1.0 if step < 320 else later_step_s)
+    decision = planner.decision
+    assert decision["decided_at_step"] < 320 < decision["last_refitted_at_step"]
+    assert decision["planned_steps"] == state.global_step == schedule.total_steps
+    assert (decision["planned_steps"] < decision["first_planned_steps"]) == (later_step_s > 1)
+    end_of_run = now + decision["final_work_s"]
+    assert planner.started + 0.97 * 600 <= end_of_run <= planner.started + 600
+    assert schedule(state.global_step - 1) < 0.01
+
+
+def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(tmp_path):
+    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu shape, 30 minutes, Muon at 4e-3, and a
+    warmup-stable-decay schedule whose last 30% decays to zero along a half cosine (transformers' default
+    decay shape; the plan is fixed when the decay starts)."""
+    from tinygpt.training import parse_arguments
+
+    model_args, data_args, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path)])
+    assert (model_args.recipe, model_args.model_preset) == ("cpu", "tinystories-cpu")
+    assert args.time_budget == 30 and args.muon and args.learning_rate == 4e-3 and data_args.block_size == 256
+    schedule = Schedule(args.lr_scheduler_type, args.warmup_steps, 1000, args.lr_scheduler_kwargs)
+    assert schedule.decay_start(1000) == 700
+    assert [round(schedule(s), 3) for s in (0, 29, 30, 699, 850, 999)] == [0.0, 0.967, 1.0, 1.0, 0.5, 0.0]
+    # an explicit option wins over the recipe's
+    _, _, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path), "--lr_scheduler_type", "cosine"])
+    assert args.lr_scheduler_type == "cosine"

@@ -15,7 +15,7 @@ PRESET_PARAMETERS = {
     "tinystories-8m": 10_540_032,
     "tinystories-28m": 33_662_976,
     "tinystories-41m": 41_026_560,
-    "tinystories-cpu": 7_384_064,
+    "tinystories-cpu": 3_697_152,
 }
 
 

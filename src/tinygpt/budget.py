@@ -6,8 +6,12 @@ training ends, never cut off midway. How: the number of steps is planned from me
 itself (seconds per training step, seconds per evaluated block, the time the samples take), and re-planned at
 every step until the schedule starts to depend on it: at the end of the warm-up for schedules that decay from
 there (cosine, linear), at the start of the decay for warmup-stable-decay, whose stable phase is flat, and in any
-case not before 15% of the steps, when the speed has settled. From then on the step count is fixed; it is logged, saved in the checkpoints (with the scheduler's state, so a
-resumed run keeps it) and shown by the progress bar.
+case not before 15% of the steps, when the speed has settled. Then the plan is fixed: it is logged, saved in the
+checkpoints (with the scheduler's state, so a resumed run keeps it) and shown by the progress bar. From then on
+it follows the speed (a shared machine's moves by 10-20%): every 10 steps it is fitted again to the median of
+the last 50 steps, and if the machine slowed down the steps that no longer fit are taken off the end, if it sped
+up by more than 1% steps are added; the rest of the schedule follows the new end (the decay steepens or
+flattens a little), so the run ends in time with its schedule complete and the budget used.
 
 `Schedule` is the learning-rate factor of every run (timed or not): transformers' schedules (`get_scheduler`),
 rebuilt when the planned step count changes. For warmup_stable_decay, `lr_scheduler_kwargs` may give the decay
@@ -33,6 +37,7 @@ SAFETY = 0.985  # share of the remaining time that is planned; the rest absorbs 
 # slower (measured: 1.63 s per step over the first 30 steps, 1.30 s after), and a cosine barely moves from its
 # peak over the first 15% (a factor 0.95 there), so waiting costs nothing.
 SETTLED = 0.15
+GROW = 1.01  # a fixed plan grows only for more than 1% more steps: noise in the step times does not move it
 
 
 def process_start_time() -> float:
@@ -101,7 +106,7 @@ class TimeBudget(TrainerCallback):
     calibration_steps: steps timed before the first plan (the first two, which may compile, are not counted);
     an evaluation is run right after them, so its cost is measured before the plan is fixed.
     The schedule is the trainer's (`lr_scheduler.lr_lambdas[0]`, a `Schedule`), reached through the callback
-    arguments. Set `progress` to Trainer's ProgressCallback to have its bar show the planned steps.
+    arguments. Set `progress` to Trainer's ProgressCallback to have its bar show the estimated, then planned, steps.
     """
 
     def __init__(self, started: float, budget_s: float, final_share: float, calibration_steps: int = 8,
@@ -134,6 +139,8 @@ class TimeBudget(TrainerCallback):
         self._last_end, self._eval_loop = now, None
         schedule = lr_scheduler.lr_lambdas[0]
         if schedule.planned:
+            if len(self.step_seconds) > 2 and self.event_seconds and state.global_step % 10 == 0:
+                self._refit(args, state, lr_scheduler, schedule)
             control.should_training_stop = control.should_training_stop or state.global_step >= schedule.total_steps
             return
         timed = len(self.step_seconds) - 1  # the first interval may hold compilation
@@ -144,23 +151,47 @@ class TimeBudget(TrainerCallback):
 
     # ---- planning
 
-    def _plan(self, args, state, control, lr_scheduler, schedule: Schedule) -> None:
+    def _fit(self, args, state) -> tuple[int, float, float, float]:
+        """The total number of steps that ends the run in time at the recent speed, with the timings used."""
         step_s = statistics.median(self.step_seconds[1:][-50:])
         eval_s = self.eval_seconds[-1]  # the latest: the first may hold compilation
         event_s = max(0.0, self.event_seconds[-1] - step_s)  # evaluation, samples and saving
-        final_s = eval_s * self.final_share + (event_s - eval_s) + self.margin_s
+        # After the last step: Trainer's own evaluation and checkpoint at the final step (it always makes them),
+        # then the final evaluation on all the validation data and the saving.
+        final_s = event_s + eval_s * self.final_share + (event_s - eval_s) + self.margin_s
         left = (self.started + self.budget_s - time.time() - final_s) * SAFETY
-        total = state.global_step
-        for _ in range(3):  # the number of evaluations depends on the number of steps
-            evals = (total - state.global_step) // max(1, _every(args.eval_steps, total))
-            total = state.global_step + max(0, int((left - evals * event_s) / step_s))
-        schedule.total_steps = total
-        state.max_steps = total
-        state.compute_steps(args, total)  # eval/save/logging steps given as a share of the run
+
+        def evals(total: int) -> int:  # evaluations still to come: at the multiples of the evaluation interval
+            every = max(1, _every(args.eval_steps, total))
+            return total // every - state.global_step // every
+
+        # the most steps that fit in the time left, less as many as the evaluations among them need
+        total = state.global_step + max(0, int(left / step_s))
+        while total > state.global_step and (total - state.global_step) * step_s + evals(total) * event_s > left:
+            total -= 1
+        return total, step_s, event_s, final_s
+
+    def _plan(self, args, state, control, lr_scheduler, schedule: Schedule) -> None:
+        total, step_s, event_s, final_s = self._fit(args, state)
+        self._set_total(args, state, lr_scheduler, schedule, total)
         if total <= state.global_step or state.global_step >= max(schedule.decay_start(total), SETTLED * total):
             schedule.planned = True
             self._report(state, total, step_s, event_s, final_s)
             control.should_training_stop = total <= state.global_step
+
+    def _refit(self, args, state, lr_scheduler, schedule: Schedule) -> None:
+        total = max(state.global_step, self._fit(args, state)[0])
+        if total < schedule.total_steps or total > GROW * schedule.total_steps:
+            self._set_total(args, state, lr_scheduler, schedule, total)
+            self.decision.setdefault("first_planned_steps", self.decision.get("planned_steps"))
+            self.decision.update(planned_steps=total, last_refitted_at_step=state.global_step)
+
+    def _set_total(self, args, state, lr_scheduler, schedule: Schedule, total: int) -> None:
+        schedule.total_steps = total
+        state.max_steps = total
+        state.compute_steps(args, total)  # eval/save/logging steps given as a share of the run
+        if self.progress is not None and self.progress.training_bar is not None:
+            self.progress.training_bar.total = total  # the current estimate, then the plan
         for group, lr in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs):
             group["lr"] = lr * schedule(state.global_step)  # the coming step follows the new plan
 
@@ -173,9 +204,6 @@ class TimeBudget(TrainerCallback):
         print(f"\ntime budget {self.budget_s / 60:g} min: {spent:.0f} s spent by step {state.global_step}; "
               f"{step_s:.3f} s per step, {event_s:.1f} s per evaluation, {final_s:.0f} s kept for the final "
               f"evaluation and saving -> {total:,} steps in all", flush=True)
-        if self.progress is not None and self.progress.training_bar is not None:
-            self.progress.training_bar.total = total
-            self.progress.training_bar.refresh()
 
 
 def _every(steps, total) -> int:

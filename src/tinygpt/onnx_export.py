@@ -1,7 +1,7 @@
 """TinyGPT as an ONNX decoder with a KV cache, and story generation on onnxruntime (`tinygpt export onnx`).
 
     tinygpt export onnx --model runs/cpu --out runs/cpu-onnx [--int8]   # onnx/model.onnx, configs, tokenizer
-    tinygpt generate-onnx --model runs/cpu-onnx "Once upon a time"      # the same stories, without PyTorch
+    tinygpt generate --model runs/cpu-onnx "Once upon a time"           # the same stories, on onnxruntime
 
 The exported folder is what transformers.js loads for a GPT-Neo decoder: config.json is the GPT-Neo config of the
 same weights (`tinygpt_config_to_gpt_neo`; the two compute the same function), the tokenizer, generation_config.json,

@@ -52,9 +52,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
     the two inner optimizers, so a learning-rate scheduler on this optimizer drives both."""
 
     def __init__(self, muon_params, adamw_groups, lr: float, weight_decay: float, betas=(0.9, 0.95),
-                 eps: float = 1e-8, momentum: float = 0.95):
+                 eps: float = 1e-8, momentum: float = 0.95, adjust_lr_fn: str = "match_rms_adamw"):
         self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                     adjust_lr_fn="match_rms_adamw")
+                                     adjust_lr_fn=adjust_lr_fn)
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps)
         self.float32_orthogonalisation = not fast_bfloat16()
         super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={})
