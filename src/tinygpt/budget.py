@@ -149,6 +149,12 @@ class TimeBudget(TrainerCallback):
         if timed >= self.calibration_steps and self.eval_seconds:
             self._plan(args, state, control, lr_scheduler, schedule)
 
+    def on_train_end(self, args, state, control, **kwargs):
+        if "first_planned_steps" in self.decision:
+            print(f"\ntime budget: the plan followed the machine's speed, {self.decision['first_planned_steps']:,} -> "
+                  f"{self.decision['planned_steps']:,} steps (last changed at step "
+                  f"{self.decision['last_refitted_at_step']:,})", flush=True)
+
     # ---- planning
 
     def _fit(self, args, state) -> tuple[int, float, float, float]:
