@@ -10,8 +10,10 @@ under test. A bare loop rather than Trainer, on purpose: no evaluation, logging 
 steps, so `tok_s` is the training step's own speed. The optimizers are the recipe's: `MuonWithAdamW` (Muon for the
 blocks' 2-D weights, AdamW for the rest) or AdamW alone; weight decay 0.1 on 2-D weights, betas 0.9/0.95, gradient
 clipping 1.0, linear warm-up over 5% of the steps, then cosine to zero. Spec keys: name, opt (adamw|muon), lr,
-B (batch, 16), T (block, 256), C/L/H (hidden, layers, heads: 256/4/4), tokens, seed, and for Muon's own
-scaling adjust ("original") with muon_lr. Results go to
+B (batch, 16), T (block, 256), C/L/H (hidden, layers, heads: 256/4/4), tokens, seed, for Muon's own
+scaling adjust ("original") with muon_lr, embed_lr_mult and head_lr_mult (AdamW's learning rate for the
+embeddings and the output head, as a multiple of lr), zero_init_residual (attention and MLP output projections
+start at zero), tied (the output head shares the token embedding), mlp (the MLP's width; default 4 x C). Results go to
 OUT/NAME.json (the curve, the final loss, tokens per second); a spec whose result exists is skipped.
 """
 
@@ -20,13 +22,14 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import AutoTokenizer
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.data import read_stories
-from tinygpt.optim import MuonWithAdamW, muon_parameter_names
+from tinygpt.optim import MuonWithAdamW, adamw_groups, muon_parameter_names
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories"
 
@@ -40,16 +43,15 @@ def token_blocks(tokenizer, path: Path, block: int) -> torch.Tensor:
 
 
 def optimizer(model, spec: dict):
-    lr, decay, betas = spec.get("lr", 2e-3), 0.1, (0.9, 0.95)
-    two_d = {n for n, p in model.named_parameters() if p.ndim == 2}
+    lr, betas = spec.get("lr", 2e-3), (0.9, 0.95)
+    args = SimpleNamespace(learning_rate=lr, weight_decay=0.1, embedding_lr_multiplier=spec.get("embed_lr_mult", 1.0),
+                           head_lr_multiplier=spec.get("head_lr_mult", 1.0))
     muon = muon_parameter_names(model) if spec.get("opt", "adamw") == "muon" else set()
-    named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if n in two_d and n not in muon], "weight_decay": decay},
-              {"params": [p for n, p in named if n not in two_d], "weight_decay": 0.0}]
+    groups = adamw_groups(model, args, {n for n, p in model.named_parameters() if p.ndim == 2}, muon)
     if not muon:
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    opt = MuonWithAdamW([p for n, p in named if n in muon], groups, lr=lr, weight_decay=decay, betas=betas,
-                        adjust_lr_fn=spec.get("adjust", "match_rms_adamw"))
+    opt = MuonWithAdamW([p for n, p in model.named_parameters() if n in muon], groups, lr=lr, weight_decay=0.1,
+                        betas=betas, adjust_lr_fn=spec.get("adjust", "match_rms_adamw"))
     opt.muon.param_groups[0]["lr"] = spec.get("muon_lr", lr)  # "original" scaling wants Muon's own lr (0.02)
     return opt
 
@@ -59,8 +61,13 @@ def run(spec: dict, train: torch.Tensor, valid: torch.Tensor, vocab: int, eos: i
     B, T = spec.get("B", 16), spec.get("T", 256)
     config = TinyGPTConfig(vocab_size=vocab, max_position_embeddings=T, hidden_size=spec.get("C", 256),
                            num_hidden_layers=spec.get("L", 4), num_attention_heads=spec.get("H", 4),
-                           bos_token_id=eos, eos_token_id=eos)
+                           bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=spec.get("tied", False),
+                           intermediate_size=spec.get("mlp"))
     model = TinyGPTForCausalLM(config).train()
+    if spec.get("zero_init_residual"):  # the blocks start as the identity: residual projections at zero
+        for layer in model.model.layers:
+            torch.nn.init.zeros_(layer.attn.out_proj.weight)
+            torch.nn.init.zeros_(layer.mlp.fc_out.weight)
     opt = optimizer(model, spec)
     steps = spec.get("tokens", 1_000_000) // (B * T)
     warmup = max(1, int(0.05 * steps))

@@ -46,7 +46,7 @@ class FakeClock:
         return self.now
 
 
-def simulate(monkeypatch, step_time=lambda step: 1.0):
+def simulate(monkeypatch, step_time=lambda step: 1.0, max_steps=None):
     """A 600 s run with 100 s spent before training, on a fake clock: steps of `step_time(step)` s, an evaluation
     (10 s of evaluating 1/4 of the validation data + 2 s of samples) when the planner asks and every 100 steps.
     The clock when training stops, the planner and its warmup-stable-decay schedule."""
@@ -54,7 +54,8 @@ def simulate(monkeypatch, step_time=lambda step: 1.0):
     monkeypatch.setattr(budget.time, "time", clock.time)
     args = TrainingArguments(output_dir="unused", eval_steps=100, report_to=[])
     state, control = TrainerState(), TrainerControl()
-    planner = TimeBudget(started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10)
+    planner = TimeBudget(started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10,
+                         max_steps=max_steps)
     lr_scheduler = scheduler(Schedule("warmup_stable_decay", 5, 10_000_000, {"decay_ratio": 0.2}))
     for step in range(1, 1000):
         clock.now += step_time(step)  # the training step
@@ -115,3 +116,25 @@ def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(
     # an explicit option wins over the recipe's
     _, _, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path), "--lr_scheduler_type", "cosine"])
     assert args.lr_scheduler_type == "cosine"
+    assert model_args.auto_shape == "128x8,160x8,192x8"  # the shape is measured for the machine
+    model_args, _, _ = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path),
+                                        "--config_overrides", "hidden_size=96"])
+    assert model_args.auto_shape is None  # a shape on the command line wins
+
+
+def test_an_explicit_max_steps_caps_the_budget_plan(monkeypatch):
+    """--time_budget with --max_steps: the run stops at the smaller of the two, its schedule ending there."""
+    now, planner, state, schedule = simulate(monkeypatch, max_steps=150)
+    assert state.global_step == schedule.total_steps == planner.decision["planned_steps"] == 150
+    assert schedule(150) == 0.0 and schedule(149) > 0.0
+    uncapped = simulate(monkeypatch, max_steps=10_000)[2].global_step
+    assert 300 < uncapped < 10_000  # a cap above what the budget allows changes nothing
+
+
+def test_the_command_line_wins_over_the_recipe():
+    """`--preset cpu --max_steps 40` keeps the 40 (the recipe's time budget then only caps it); other recipe
+    values written on the command line win too."""
+    from tinygpt.training import parse_arguments
+
+    _, _, args = parse_arguments(["--preset", "cpu", "--max_steps", "40", "--learning_rate", "1e-3", "--output_dir", "x"])
+    assert args.max_steps == 40 and args.time_budget == 30 and args.learning_rate == 1e-3

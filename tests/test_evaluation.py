@@ -19,11 +19,48 @@ from tinygpt.evaluation import evaluate_texts, evaluation_blocks
 
 def test_the_consistency_items():
     items = load_items()
-    assert len(items) >= 60 and len({item["id"] for item in items}) == len(items)
-    assert {item["kind"] for item in items} >= {"who has it", "which was chosen", "feelings", "everyday facts"}
+    assert len(items) >= 1_000 and len({item["id"] for item in items}) == len(items)
+    kinds = {item["kind"] for item in items}
+    assert kinds >= {"hand-written", "name reference", "who has what", "pronoun agreement", "earlier object",
+                     "allowed or refused"}
+    assert sum(item["kind"] == "hand-written" for item in items) == 78
     for item in items:
         assert item["right"] != item["wrong"] and item["prefix"] == item["prefix"].strip(), item["id"]
         assert " " not in item["right"] + item["wrong"], item["id"]  # one word each, compared like for like
+        if item["kind"] in ("name reference", "who has what", "earlier object", "earlier colour"):
+            # plausible on its own: the wrong word is in the story before the cut, as the right one is
+            assert item["wrong"] in item["prefix"] and item["right"] in item["prefix"], item["id"]
+
+
+def test_generated_items_come_from_stories_no_training_file_contains(tmp_path):
+    """The generator is deterministic and its items are cut from the stories it is given, at a word the story
+    goes on with."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "make_consistency_items.py"
+    spec = importlib.util.spec_from_file_location("make_items", script)
+    make_items = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_items)
+    story = ("Once upon a time, there was a girl named Lily. She had a red ball. Lily had a friend named Tom. "
+             "Tom had a blue kite. One day, Tom said, \"Can I play with the ball?\" Lily said, \"Yes, you can!\" "
+             "Lily gave the ball to Tom. Tom played with the red ball and Lily flew Tom's kite.")
+    stories = tmp_path / "stories.txt"
+    stories.write_text(story + "\n<|endoftext|>\n")
+    out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    make_items.main(["--stories", str(stories), "--out", str(out_a)])
+    make_items.main(["--stories", str(stories), "--out", str(out_b)])
+    items = [json.loads(line) for line in out_a.read_text().splitlines()]
+    assert out_a.read_text() == out_b.read_text() and len(items) >= 4
+    for item in items:
+        assert story.startswith(item["prefix"]) and story[len(item["prefix"]):].lstrip().startswith(item["right"])
+    assert {i["kind"] for i in items} >= {"allowed or refused", "name reference", "who has what", "earlier colour"}
+
+
+def test_consistency_interval():
+    from tinygpt.consistency import interval
+
+    assert interval(50, 100) == [0.402, 0.598] and interval(0, 10) == [0.0, 0.0] and interval(1000, 1400)[1] < 0.74
 
 
 @needs_data

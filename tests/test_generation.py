@@ -94,3 +94,22 @@ def test_text_streamer_prints_the_generated_text(capsys):
     printed = capsys.readouterr().out
     expected = tokenizer.decode(out[0, inputs.input_ids.shape[1]:])
     assert printed.strip() == expected.strip() and expected.strip()
+
+
+def test_continuous_batching_gives_each_prompt_its_own_greedy_story(model):
+    """transformers' paged-attention scheduler (`generate_batch`): prompts of different lengths, shorter and
+    longer than the local layers' window, each get what `generate()` gives them alone; sampling runs too."""
+    from transformers import GenerationConfig
+
+    prompts = [[5, 6, 7], list(range(10, 30)), [3] * 12, list(range(40, 45))]  # window 8: 20 + 12 crosses it
+    greedy = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=96, pad_token_id=0)
+    results = model.generate_batch(inputs=prompts, generation_config=greedy)
+    assert len(results) == len(prompts)
+    for result in results.values():
+        alone = model.generate(torch.tensor([result.prompt_ids]), generation_config=greedy)[0, len(result.prompt_ids):]
+        assert result.error is None and result.generated_tokens == alone.tolist()[:len(result.generated_tokens)]
+        assert len(result.generated_tokens) == len(alone)
+    torch.manual_seed(0)
+    sampled = model.generate_batch(inputs=prompts, generation_config=GenerationConfig(
+        max_new_tokens=6, do_sample=True, temperature=0.8, top_k=20, eos_token_id=96, pad_token_id=0))
+    assert all(r.error is None and 0 < len(r.generated_tokens) <= 6 for r in sampled.values())

@@ -175,3 +175,46 @@ def test_bfloat16_autocast_training_tracks_float32():
     fp32, bf16 = curves["fp32"], curves["bf16"]
     assert fp32[-1] < 0.5 * fp32[0]
     assert ((bf16 - fp32).abs() / fp32).max() < 0.05, (fp32, bf16)
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 50])
+def test_training_loss_in_chunks_equals_the_logits_path_with_its_gradients(num_items_in_batch):
+    """In training the loss comes from the hidden states in chunks, without logits: same loss and gradients as
+    the eval-mode path through the full logits (float32), with ignored labels and Trainer's item count."""
+    ids = torch.randint(0, 97, (3, 40))
+    labels = ids.clone()
+    labels[0, 5:] = -100
+    kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+    grads = []
+    for mode in ("eval", "train"):
+        model = tiny_model()  # no dropout: the two modes compute the same function
+        getattr(model, mode)()
+        out = model(ids, labels=labels, **kwargs)
+        out.loss.backward()
+        assert (out.logits is None) == (mode == "train")
+        grads.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss, expected), (chunked_loss, actual) = grads
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=1e-6)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_loss_does_not_depend_on_the_chunk_size():
+    from tinygpt.modeling_tinygpt import LinearCrossEntropy
+
+    hidden, weight = torch.randn(50, 16, requires_grad=True), torch.randn(30, 16, requires_grad=True)
+    targets = torch.randint(0, 30, (50,))
+    targets[7] = -100
+    results = []
+    for chunk in (7, 50, 64):
+        hidden.grad = weight.grad = None
+        total = LinearCrossEntropy.apply(hidden, weight, targets, -100, chunk)
+        (2 * total).backward()  # the backward pass scales the saved gradients
+        results.append((total.detach(), hidden.grad.clone(), weight.grad.clone()))
+    expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100, reduction="sum")
+    for total, grad_hidden, grad_weight in results:
+        torch.testing.assert_close(total, expected.detach())
+        torch.testing.assert_close(grad_hidden, results[0][1]) and torch.testing.assert_close(grad_weight, results[0][2])
+    hidden.grad = None
+    (2 * expected).backward()
+    torch.testing.assert_close(results[0][1], hidden.grad, rtol=1e-5, atol=1e-6)

@@ -82,6 +82,9 @@ def test_a_time_budget_ends_the_run_in_time_with_its_schedule_complete(corpus, t
     rates = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
     assert max(rates) == pytest.approx(3e-3, rel=0.01) and rates[-1] < 0.02 * max(rates)
     assert summary["training"]["wall_time_s"] <= budget_s
+    speed = summary["throughput"]  # the run's model FLOP/s against this machine's matmul peak
+    assert speed["tokens_per_s"] > 0 and 0 < speed["share_of_peak"] < 1.5 and speed["precision"] == "float32"
+    assert summary["environment"]["cpu"] and summary["environment"]["fast_bfloat16"] in (True, False)
 
 
 def test_data_formats_and_held_out_split(corpus, tmp_path):

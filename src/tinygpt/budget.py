@@ -103,6 +103,8 @@ class TimeBudget(TrainerCallback):
     """Plans the number of training steps so that the run, final work included, ends by `deadline`.
 
     final_share: how many times the final evaluation's data is that of an evaluation during training (by bytes).
+    max_steps: a step count the user gave as well (`--time_budget` with `--max_steps`): the run stops at the
+    smaller of the two, and its schedule ends there.
     calibration_steps: steps timed before the first plan (the first two, which may compile, are not counted);
     an evaluation is run right after them, so its cost is measured before the plan is fixed.
     The schedule is the trainer's (`lr_scheduler.lr_lambdas[0]`, a `Schedule`), reached through the callback
@@ -110,8 +112,9 @@ class TimeBudget(TrainerCallback):
     """
 
     def __init__(self, started: float, budget_s: float, final_share: float, calibration_steps: int = 8,
-                 margin_s: float = 10.0):
+                 margin_s: float = 10.0, max_steps: int | None = None):
         self.started, self.budget_s, self.final_share = started, budget_s, final_share
+        self.max_steps = max_steps  # an explicit --max_steps: the plan never exceeds it
         self.calibration_steps, self.margin_s = calibration_steps, margin_s
         self.progress: ProgressCallback | None = None
         self.step_seconds: list[float] = []  # between the ends of consecutive steps with nothing else between
@@ -173,6 +176,8 @@ class TimeBudget(TrainerCallback):
 
         # the most steps that fit in the time left, less as many as the evaluations among them need
         total = state.global_step + max(0, int(left / step_s))
+        if self.max_steps is not None:
+            total = min(total, self.max_steps)
         while total > state.global_step and (total - state.global_step) * step_s + evals(total) * event_s > left:
             total -= 1
         return total, step_s, event_s, final_s

@@ -104,8 +104,10 @@ def cmd_eval(args) -> None:
               f"bits per byte {result['bits_per_byte']:.4f}")
     if args.consistency:
         result["consistency"] = evaluate_consistency(model, tokenizer)
-        print(f"story consistency {result['consistency']['accuracy']:.3f} "
-              f"({result['consistency']['correct']}/{result['consistency']['items']} items)")
+        consistency = result["consistency"]
+        for kind, k in [("all", consistency)] + list(consistency["by_kind"].items()):
+            print(f"story consistency, {kind}: {k['accuracy']:.3f} (95% interval {k['interval'][0]:.3f}-"
+                  f"{k['interval'][1]:.3f}, {k['items']} items)")
     if args.json:
         print(json.dumps(result))
 

@@ -138,6 +138,13 @@ def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
                                            f"{hyper.get('weight_decay')}"),
             ("bf16 autocast", training.get("bf16")), ("training time (s)", _round(training.get("train_runtime_s"))),
             ("time budget (min)", hyper.get("time_budget")), ("wall time (s)", _round(training.get("wall_time_s")))]
+    speed = summary.throughput or {}
+    if speed:
+        rows += [("training tokens/s", speed.get("tokens_per_s")),
+                 ("model FLOP/s (share of the machine's matmul peak)",
+                  f"{speed.get('model_gflops_per_s')} GFLOP/s ({speed.get('share_of_peak', 0):.0%} of "
+                  f"{speed.get('matmul_peak_gflops_per_s')} in {speed.get('precision')})"),
+                 ("machine", (summary.environment or {}).get("cpu"))]
     lines = ["## Training", f"Command: `{summary.command}`", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {f'{value:,}' if isinstance(value, int) and not isinstance(value, bool) else value} |"
               for name, value in rows]
@@ -151,7 +158,11 @@ def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
                      + (f"{consistency['accuracy']:.3f} ({consistency['correct']}/{consistency['items']}) |"
                         if consistency else "- |"),
                      "Story consistency: the share of the package's story items (tinygpt.consistency) whose right "
-                     "continuation the model finds more likely than the wrong one."]
+                     "continuation the model finds more likely than the wrong one (chance: 0.5)."]
+        if isinstance(next(iter(consistency.get("by_kind", {}).values()), None), dict):
+            sections.append("| consistency by kind | accuracy | 95% interval | items |\n|---|--:|--:|--:|\n" + "\n".join(
+                f"| {kind} | {k['accuracy']:.3f} | {k['interval'][0]:.3f}-{k['interval'][1]:.3f} | {k['items']} |"
+                for kind, k in [("all", consistency)] + list(consistency["by_kind"].items())))
     if has_plot:
         sections.append("![loss curves](loss.png)")
     if summary.samples:

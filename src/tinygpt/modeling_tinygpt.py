@@ -144,7 +144,7 @@ class TinyGPTAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
         if cache is not None:
             # A local layer's cache keeps only its window (DynamicSlidingWindowLayer), a global one everything.
-            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (B, nh, S, hs)
 
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
         output, weights = attention(
@@ -192,6 +192,70 @@ class TinyGPTBlock(GradientCheckpointingLayer):
     def forward(self, hidden_states, attention_mask=None, cache: Cache | None = None, **kwargs):
         hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, cache, **kwargs)[0]
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+# ----------------------------------------------------------------------------- output head + loss
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, computed in chunks of rows, for training.
+
+    The full (N, V) float32 logits are never held: each chunk's logits become its gradient in place
+    (softmax - one-hot), which is multiplied into the gradients of the hidden states and of the head right away.
+    That removes the log-softmax backward pass and the (N, V) zero-fill of the usual path, and most of its memory
+    traffic (at 16 x 256 tokens and 8K tokens the logits are 131 MB). The backward pass only scales the saved
+    gradients. Matrix products run in the autocast dtype where autocast is on; the softmax always in float32.
+
+    hidden (N, C), weight (V, C), targets (N,) with `ignore_index` for positions without a target.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index: int = -100, chunk_rows: int = 1024):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(device, enabled=False):
+            weight_mm = weight.to(dtype)  # cast once, not per chunk
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if needs_grad else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start:start + chunk_rows].to(dtype)  # (n, C)
+                t = targets[start:start + chunk_rows]  # (n,)
+                keep = (t != ignore_index).unsqueeze(1).float()  # (n, 1)
+                t = t.clamp(min=0).unsqueeze(1)
+                logits = (h @ weight_mm.T).float()  # (n, V)
+                target_logit = logits.gather(1, t)  # (n, 1)
+                peak = logits.amax(-1, keepdim=True)  # (n, 1)
+                exp = logits.sub_(peak).exp_()  # in place: one pass over the logits for the loss and its gradient
+                sum_exp = exp.sum(-1, keepdim=True)  # (n, 1)
+                total += ((peak + sum_exp.log() - target_logit) * keep).sum()
+                if needs_grad:
+                    grad = exp.mul_(keep / sum_exp).scatter_add_(1, t, -keep)  # softmax - one-hot; ignored rows 0
+                    grad = grad.to(dtype)
+                    grad_hidden[start:start + chunk_rows] = grad @ weight_mm
+                    grad_weight += (grad.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+def chunked_causal_lm_loss(hidden_states, weight, labels, num_items_in_batch=None, ignore_index: int = -100):
+    """transformers' causal-LM loss (labels shifted inside, -100 ignored, a sum over `num_items_in_batch` when
+    Trainer gives it, else the mean) from the hidden states (B, T, C) and the head's weight (V, C), without logits."""
+    targets = nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:].reshape(-1)  # (B*T,)
+    total = LinearCrossEntropy.apply(hidden_states.reshape(-1, hidden_states.shape[-1]), weight,
+                                     targets.to(hidden_states.device), ignore_index)
+    if num_items_in_batch is None:
+        return total / (targets != ignore_index).sum().clamp(min=1)
+    return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
 
 
 # ----------------------------------------------------------------------------- models
@@ -295,10 +359,19 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """labels (B, T) are the input ids themselves: they are shifted inside, and -100 is ignored. Loss kwargs
-        such as `num_items_in_batch` reach the loss, so gradient accumulation averages over the right count."""
+        such as `num_items_in_batch` reach the loss, so gradient accumulation averages over the right count.
+
+        Training with labels (train mode, gradients on) computes the loss from the hidden states in chunks
+        (`chunked_causal_lm_loss`) and returns no logits, as fused-loss kernels for transformers do: the full
+        logits are most of a small model's step. In eval mode the logits are returned as always."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              **kwargs)
+        if labels is not None and self.training and torch.is_grad_enabled():
+            loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head.weight, labels,
+                                          kwargs.get("num_items_in_batch"))
+            return CausalLMOutputWithPast(loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # (B, T', V)
         loss = None
         if labels is not None:

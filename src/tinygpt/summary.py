@@ -2,7 +2,6 @@
 publishing (the model card in tinygpt.hub). Its fields are defined here and nowhere else."""
 
 import json
-import os
 import platform
 import sys
 import time
@@ -27,6 +26,8 @@ class RunSummary:
     eval: dict = field(default_factory=dict)  # the final evaluation on all validation stories (eval_loss, ...)
     consistency: dict = field(default_factory=dict)  # tinygpt.consistency.evaluate_consistency
     time_budget: dict | None = None  # what --time_budget decided (tinygpt.budget.TimeBudget.decision)
+    shape: dict | None = None  # the measured candidates and the choice of --auto_shape (tinygpt.shape)
+    throughput: dict = field(default_factory=dict)  # tokens/s, model FLOP/s and share of the peak (tinygpt.throughput)
     samples: list = field(default_factory=list)  # stories for the fixed prompts at the last evaluation
     hyperparameters: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
@@ -35,11 +36,12 @@ class RunSummary:
 
     @classmethod
     def of_run(cls, argv, model_args, data_args, args, trainer, result, metrics, started, checkpoint, block_size,
-               samples, consistency, time_budget) -> "RunSummary":
+               samples, consistency, time_budget, step_timer=None, shape=None) -> "RunSummary":
         import torch
         import transformers
 
         from .parameters import parameter_table
+        from .throughput import machine
 
         model, state = trainer.model, trainer.state
         tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
@@ -55,11 +57,11 @@ class RunSummary:
                       "train_loss": result.training_loss, "tokens_seen": state.global_step * tokens_per_step * block_size,
                       "train_runtime_s": result.metrics.get("train_runtime"), "wall_time_s": time.time() - started,
                       "resumed_from": checkpoint, "bf16": args.bf16, "world_size": args.world_size},
-            eval=metrics, consistency=consistency, time_budget=time_budget, samples=samples,
+            eval=metrics, consistency=consistency, time_budget=time_budget, samples=samples, shape=shape,
+            throughput=step_timer.report(model, tokens_per_step * block_size, block_size, args.bf16) if step_timer else {},
             hyperparameters={k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
             environment={"torch": torch.__version__, "transformers": transformers.__version__,
-                         "python": platform.python_version(), "cpus": os.cpu_count(),
-                         "cuda": torch.cuda.is_available()})
+                         "python": platform.python_version(), "cuda": torch.cuda.is_available(), **machine()})
 
     def write(self, folder) -> Path:
         path = Path(folder) / self.FILE

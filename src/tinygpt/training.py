@@ -3,6 +3,7 @@
 `train_hf.py` at the repository root is the entry point; it only calls `run_training`.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
@@ -20,13 +22,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .budget import Schedule, TimeBudget, process_start_time
 from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, SampleStoriesCallback, plot_losses
 from .configuration_tinygpt import PRESETS, TinyGPTConfig
-from .consistency import evaluate_consistency
+from .consistency import evaluate_consistency, load_items
 from .convert import gpt_neo_to_tinygpt, shrink_vocab
 from .data import CausalLMCollator, DataArguments, DataFileError, load_raw_datasets, tokenize_for_training
 from .evaluation import evaluate_texts
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .optim import build_muon_with_adamw, fast_bfloat16
+from .optim import adamw_groups, build_muon_with_adamw, fast_bfloat16
+from .shape import pick_shape
 from .summary import RunSummary
+from .throughput import StepTimer
 from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, prune_tokenizer, train_tokenizer
 
 DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because"]
@@ -46,7 +50,8 @@ RECIPES = {
         "--learning_rate", "4e-3", "--warmup_steps", "30", "--lr_scheduler_type", "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"decay_ratio": 0.3}',
         "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
-        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast"]},
+        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "128x8,160x8,192x8",
+        "--zero_init_residual", "--embedding_lr_multiplier", "3"]},
 }
 
 
@@ -61,6 +66,10 @@ class ModelArguments:
         "help": "shorthand: --recipe NAME if NAME is a recipe, else --model_preset NAME"})
     config_overrides: str | None = field(default=None, metadata={
         "help": "model config changes, e.g. 'hidden_size=256,num_hidden_layers=4'"})
+    auto_shape: str | None = field(default=None, metadata={
+        "help": "with --time_budget: candidate shapes HIDDENxLAYERS,... measured at the start; the largest that "
+                "the budget lets see enough tokens is trained (tinygpt.shape). --config_overrides or "
+                "--model_preset on the command line win over it"})
     init_from: str | None = field(default=None, metadata={
         "help": "continue from a TinyGPT or GPT-Neo checkpoint (folder or Hub id) instead of a fresh model"})
     tokenizer: str | None = field(default=None, metadata={"help": "an existing tokenizer folder"})
@@ -68,6 +77,9 @@ class ModelArguments:
         "help": "without --tokenizer, build one into OUTPUT_DIR/tokenizer: prune (GPT-Neo's top K) or train"})
     tokenizer_vocab_size: int = field(default=8000, metadata={"help": "regular tokens of a built tokenizer"})
     tokenizer_source: str = field(default=DEFAULT_SOURCE, metadata={"help": "GPT-Neo's tokenizer, for prune"})
+    zero_init_residual: bool = field(default=False, metadata={
+        "help": "a fresh model's attention and MLP output projections start at zero (each block starts as the "
+                "identity)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     sample_max_new_tokens: int = 80
@@ -95,6 +107,10 @@ class TinyGPTTrainingArguments(TrainingArguments):
                 "steps is planned from the measured speed, and the learning-rate schedule ends with training"})
     muon: bool = field(default=False, metadata={
         "help": "torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest (one learning rate)"})
+    embedding_lr_multiplier: float = field(default=1.0, metadata={
+        "help": "the token and position embeddings learn at this multiple of --learning_rate (AdamW)"})
+    head_lr_multiplier: float = field(default=1.0, metadata={
+        "help": "an untied output head learns at this multiple of --learning_rate (AdamW)"})
     bf16_if_fast: bool = field(default=False, metadata={
         "help": "bf16 autocast only where this machine runs bfloat16 matrix products faster than float32"})
 
@@ -129,6 +145,10 @@ def parse_arguments(argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataArguments, TinyGPTTrainingArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=recipe_argv + list(argv))
     model_args.recipe, model_args.model_preset = recipe, model_preset or RECIPES[recipe]["model"]
+    if model_args.config_overrides or model_preset:
+        model_args.auto_shape = None  # the shape the user wrote wins over the recipe's measured choice
+    if model_args.auto_shape and args.time_budget is None:
+        raise ValueError("--auto_shape picks the shape for a time budget: give --time_budget MINUTES as well")
     return model_args, data_args, args
 
 
@@ -175,6 +195,10 @@ def build_model(model_args: ModelArguments, tokenizer, block_size: int | None) -
         model.config.update(special)
     else:
         model = TinyGPTForCausalLM(_fresh_config(model_args, len(tokenizer), block_size, special))
+        if model_args.zero_init_residual:
+            for layer in model.model.layers:
+                nn.init.zeros_(layer.attn.out_proj.weight)
+                nn.init.zeros_(layer.mlp.fc_out.weight)
     model.generation_config = GenerationConfig(**STORY_SAMPLING, pad_token_id=tokenizer.pad_token_id, **special)
     return model
 
@@ -234,9 +258,14 @@ class TinyGPTTrainer(Trainer):
         super().log({**logs, "elapsed_s": round(time.time() - self.started, 1)}, start_time)
 
     def create_optimizer(self, model=None):
-        if getattr(self.args, "muon", False) and self.optimizer is None:
-            model = model or self.model
+        model = model or self.model
+        if self.optimizer is None and self.args.muon:
             self.optimizer = build_muon_with_adamw(model, self.args, set(self.get_decay_parameter_names(model)))
+        elif self.optimizer is None and (self.args.embedding_lr_multiplier, self.args.head_lr_multiplier) != (1, 1):
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(adamw_groups(model, self.args, set(self.get_decay_parameter_names(model))),
+                                           lr=self.args.learning_rate, **kwargs)
         return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -265,6 +294,7 @@ def run_training(argv: list[str]) -> dict:
     checkpoint = prepare_output_dir(args.output_dir, model_args.resume)
     raw = load_raw_datasets(data_args, seed=args.seed)
     tokenizer = load_or_build_tokenizer(model_args, raw, Path(args.output_dir), args)
+    shape = _auto_shape(model_args, data_args, args, tokenizer, started)
     set_seed(args.seed)  # the fresh model's weights depend on the seed alone, on every process
     model = build_model(model_args, tokenizer, data_args.block_size)
     block_size = data_args.block_size or model.config.max_position_embeddings
@@ -278,10 +308,11 @@ def run_training(argv: list[str]) -> dict:
     during = validation.take(data_args.eval_subset_stories) if data_args.eval_subset_stories else validation
     samples = SampleStoriesCallback(tokenizer, model_args.sample_prompts, model_args.sample_max_new_tokens)
     budget = _time_budget(args, started, validation, during)
+    timer = StepTimer()
     trainer = TinyGPTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=during, block_size=block_size, started=started,
         data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[CheckpointCompleteCallback()] + ([budget] if budget else []) + [samples])
+        callbacks=[CheckpointCompleteCallback(), timer] + ([budget] if budget else []) + [samples])
     if budget:
         budget.progress = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -293,11 +324,29 @@ def run_training(argv: list[str]) -> dict:
         return metrics
     summary = RunSummary.of_run(argv, model_args, data_args, args, trainer, result, metrics, started, checkpoint,
                                 block_size, samples.latest, evaluate_consistency(model, tokenizer),
-                                budget.decision if budget else None)
+                                budget.decision if budget else None, timer, shape)
     summary.write(args.output_dir)
     plot_losses(trainer.state.log_history, Path(args.output_dir) / "loss.png")
     print(f"saved the model, tokenizer, {summary.FILE} and loss.png to {args.output_dir}")
     return metrics
+
+
+def _auto_shape(model_args: ModelArguments, data_args, args, tokenizer, started: float) -> dict | None:
+    """Measure the recipe's candidate shapes on this machine and train the one chosen (tinygpt.shape)."""
+    if not model_args.auto_shape or model_args.init_from:
+        return None
+    block_size = data_args.block_size or 256
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+
+    def make_config(overrides: dict) -> TinyGPTConfig:
+        text = ",".join(f"{key}={value}" for key, value in overrides.items())
+        return _fresh_config(dataclasses.replace(model_args, config_overrides=text), len(tokenizer),
+                             data_args.block_size, special)
+
+    overrides, decision = pick_shape(model_args.auto_shape, make_config, args, block_size,
+                                     args.time_budget * 60 - (time.time() - started))
+    model_args.config_overrides = ",".join(f"{key}={value}" for key, value in overrides.items())
+    return decision
 
 
 def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
@@ -305,10 +354,15 @@ def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
         return None
     if args.time_budget <= 0:
         raise ValueError(f"--time_budget must be a positive number of minutes, got {args.time_budget}")
-    if args.max_steps <= 0:  # the budget decides; this only bounds the data loader's epochs
+    # An explicit --max_steps caps the plan (whatever the command line says wins over a recipe's budget);
+    # without one the budget alone decides, and this only bounds the data loader's epochs.
+    cap = args.max_steps if args.max_steps > 0 else None
+    if cap is None:
         args.max_steps = 10_000_000
-    share = _bytes(validation) / max(1, _bytes(during))
-    return TimeBudget(started, args.time_budget * 60, final_share=share)
+    # the final work evaluates all validation stories, then the consistency items (both forward passes only)
+    items = sum(len((item["prefix"] + " " + item["right"]).encode("utf-8")) * 2 for item in load_items())
+    share = (_bytes(validation) + items) / max(1, _bytes(during))
+    return TimeBudget(started, args.time_budget * 60, final_share=share, max_steps=cap)
 
 
 def _bytes(texts) -> int:

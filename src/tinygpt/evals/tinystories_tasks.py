@@ -7,8 +7,12 @@ from pathlib import Path
 def consistency_items(**kwargs):
     import datasets
 
-    lines = Path(__file__).with_name("consistency.jsonl").read_text(encoding="utf-8").splitlines()
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list([json.loads(l) for l in lines if l.strip()])})
+    # the same items as tinygpt.consistency.load_items: the generated ones, then the hand-written ones
+    rows = []
+    for name in ("consistency_generated.jsonl", "consistency.jsonl"):
+        lines = Path(__file__).with_name(name).read_text(encoding="utf-8").splitlines()
+        rows += [json.loads(line) for line in lines if line.strip()]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
 def stories(data_files=None, max_stories=None, **kwargs):

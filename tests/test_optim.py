@@ -1,0 +1,88 @@
+"""The optimizers (tinygpt.optim): the package's Muon against torch.optim.Muon, and MuonWithAdamW's state."""
+
+import io
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from tinygpt.optim import Muon, MuonWithAdamW, build_muon_with_adamw, muon_parameter_names
+
+
+def _pairs(shapes, seed=0):
+    torch.manual_seed(seed)
+    ours = [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
+    return ours, [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+
+@pytest.mark.parametrize("adjust_lr_fn", ["original", "match_rms_adamw"])
+def test_muon_in_bfloat16_is_torch_muon(adjust_lr_fn):
+    """Same shapes batched together, different shapes apart: in bfloat16 (torch's precision) the steps equal
+    torch.optim.Muon's exactly, and so does the state it keeps."""
+    ours, theirs = _pairs([(24, 16), (24, 16), (16, 40), (12, 12)])
+    mine = Muon(ours, lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust_lr_fn, ns_dtype=torch.bfloat16)
+    reference = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust_lr_fn)
+    for step in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        mine.step()
+        reference.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for a, b in zip(mine.state_dict()["state"].values(), reference.state_dict()["state"].values()):
+        torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"], rtol=0, atol=0)
+
+
+def test_muon_in_float32_orthogonalises_more_precisely_than_in_bfloat16():
+    """float32 (for CPUs without bfloat16 units) is the same iteration: the update is close to torch's, and its
+    singular values lie in Muon's band around 1."""
+    ours, theirs = _pairs([(32, 16)])
+    mine = Muon(ours, lr=0.01, weight_decay=0.0, ns_dtype=torch.float32)
+    reference = torch.optim.Muon(theirs, lr=0.01, weight_decay=0.0)
+    ours[0].grad = torch.randn(32, 16)
+    theirs[0].grad = ours[0].grad.clone()
+    before = ours[0].detach().clone()
+    mine.step()
+    reference.step()
+    update = (before - ours[0].detach()) / (0.01 * (32 / 16) ** 0.5)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0.01 * 0.05)
+    singular = torch.linalg.svdvals(update)
+    assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+def test_muon_rejects_what_it_cannot_optimise():
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="adjust_lr_fn"):
+        Muon([torch.nn.Parameter(torch.zeros(3, 3))], adjust_lr_fn="nonsense")
+
+
+def test_muon_with_adamw_state_round_trip():
+    """A resumed optimizer continues exactly: the state dict holds both optimizers."""
+    class Args:
+        learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon = 1e-3, 0.1, 0.9, 0.95, 1e-8
+
+    def one_step(model, optimizer, seed):
+        torch.manual_seed(seed)
+        ids = torch.randint(0, 97, (2, 12))
+        model.train()
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    model = tiny_model()
+    optimizer = build_muon_with_adamw(model, Args, {n for n, p in model.named_parameters() if p.ndim == 2})
+    assert isinstance(optimizer, MuonWithAdamW) and muon_parameter_names(model)
+    one_step(model, optimizer, 1)
+    copy = tiny_model()
+    copy.load_state_dict(model.state_dict())
+    resumed = build_muon_with_adamw(copy, Args, {n for n, p in copy.named_parameters() if p.ndim == 2})
+    saved = io.BytesIO()  # through a file, as a checkpoint does (a state dict holds references to live tensors)
+    torch.save(optimizer.state_dict(), saved)
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved))
+    one_step(model, optimizer, 2)
+    one_step(copy, resumed, 2)
+    for (name, p), q in zip(model.named_parameters(), copy.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)

@@ -1,0 +1,33 @@
+"""The recipe's shape for the machine (tinygpt.shape): measured candidates, the rule, clear errors."""
+
+import pytest
+from transformers import TrainingArguments
+
+import tinygpt.shape as shape
+from conftest import tiny_config
+
+
+def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
+    """The largest candidate with at least TOKENS_PER_PARAMETER tokens per parameter in the time left."""
+    def make_config(overrides):
+        return tiny_config(vocab_size=500, **overrides)
+
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    for speed, expected in ((2_000, "32x2"), (20_000, "64x2"), (200, "32x2")):  # slow, fast, too slow for any
+        monkeypatch.setattr(shape, "measure_tokens_per_s", lambda config, *a, **k: speed * 32 / config.hidden_size)
+        overrides, decision = shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)
+        assert decision["chosen"] == expected and overrides["hidden_size"] == int(expected.split("x")[0])
+        assert [c["shape"] for c in decision["candidates"]] == ["32x2", "64x2"]
+
+
+def test_measuring_a_shape_runs_real_training_steps():
+    args = TrainingArguments(output_dir="unused", report_to=[], per_device_train_batch_size=2, use_cpu=True)
+    args.muon = True
+    assert shape.measure_tokens_per_s(tiny_config(), args, 16, steps=1) > 0
+
+
+def test_bad_shapes_are_named():
+    assert shape.parse_shapes("128x8, 160x8") == [(128, 8), (160, 8)]
+    for bad in ("128", "100x8", "axb", ""):
+        with pytest.raises(ValueError, match="auto_shape"):
+            shape.parse_shapes(bad)
