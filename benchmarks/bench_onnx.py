@@ -8,6 +8,7 @@ greedy, the end-of-text token disabled so every run makes all 200; median of 3 r
 also compiles). Threads: torch's and onnxruntime's defaults (both use every core).
 """
 
+import argparse
 import json
 import statistics
 import tempfile
@@ -68,7 +69,8 @@ def _write_tokenizer_stub(folder) -> None:
                             eos_token="<|endoftext|>").save_pretrained(folder)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # no options; answers --help
     print(f"threads: torch {torch.get_num_threads()}; numpy {np.__version__}")
     rows = [row for preset in ("tinystories-41m", "tinystories-cpu") for row in bench(preset)]
     print("| model | runtime | tokens/s (batch 1) | size on disk (MB) |\n|---|---|--:|--:|")

@@ -15,7 +15,6 @@ compared at the same steps (a second panel of the plot). With --reuse, runs whos
 """
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -24,12 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import (HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, default_data_collator,
+from transformers import (HfArgumentParser, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import tinygpt_to_gpt_neo
-from tinygpt.data import DataArguments, load_raw_datasets, tokenize_datasets
+from tinygpt.data import CausalLMCollator, DataArguments, load_raw_datasets, tokenize_for_training
 from tinygpt.tokenizer import DEFAULT_SOURCE, prune_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories"
@@ -91,7 +90,8 @@ def worker(args: Args) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(Path(args.out) / "tokenizer")
     data_args = DataArguments(train_file=[args.train_file], validation_file=[args.validation_file])
-    data, _ = tokenize_datasets(load_raw_datasets(data_args), tokenizer, args.block_size)
+    raw = load_raw_datasets(data_args)
+    data = {split: tokenize_for_training(raw[split], tokenizer, args.block_size) for split in ("train", "validation")}
     set_seed(0)
     config = TinyGPTConfig.from_preset(args.preset, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                                        bos_token_id=tokenizer.bos_token_id)
@@ -107,7 +107,7 @@ def worker(args: Args) -> None:
     budget = WallClockBudget(args.budget_minutes * 60, args.eval_every_steps)
     trainer = Trainer(model=model, args=training, train_dataset=data["train"],
                       eval_dataset=data["validation"].select(range(args.eval_blocks)),
-                      data_collator=default_data_collator, callbacks=[budget])
+                      data_collator=CausalLMCollator(tokenizer.pad_token_id), callbacks=[budget])
     trainer.evaluate()  # the loss at time 0, the same for both
     trainer.train()
     result = {"model": args.worker, "tokens_per_step": args.batch_size * args.block_size,

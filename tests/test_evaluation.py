@@ -67,17 +67,18 @@ def test_consistency_interval():
 def test_consistency_score_equals_one_item_at_a_time(trained):
     """The batched score equals scoring every continuation alone, token by token from the logits."""
     model, tokenizer = AutoModelForCausalLM.from_pretrained(trained), AutoTokenizer.from_pretrained(trained)
-    items = load_items()[:12]
+    items = load_items()[:12]  # generated items: their prefixes are longer than the tiny model's 64 positions
     result = evaluate_consistency(model, tokenizer, items)
     right = 0
     for item in items:
         scores = []
         for choice in (item["right"], item["wrong"]):
             context, continuation = _pair_ids(tokenizer, item["prefix"], " " + choice)
-            ids = torch.tensor([(context + continuation)[-model.config.max_position_embeddings:]])
+            # lm-eval's window: the last positions + 1 tokens, the last of them only predicted
+            ids = torch.tensor([(context + continuation)[-(model.config.max_position_embeddings + 1):][:-1]])
             logprobs = model(ids).logits[0].log_softmax(-1)
             n = len(continuation)
-            scores.append(sum(logprobs[-n - 1 + i, token].item() for i, token in enumerate(continuation)))
+            scores.append(sum(logprobs[-n + i, token].item() for i, token in enumerate(continuation)))
         right += scores[0] >= scores[1]
     assert result["correct"] == right and result["items"] == 12 and result["accuracy"] == right / 12
 

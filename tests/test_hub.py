@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,6 +59,14 @@ def test_dry_run_builds_a_folder_that_loads_without_tinygpt(trained, tmp_path):
     assert {"config.json", "configuration_tinygpt.py", "modeling_tinygpt.py", "model.safetensors", "tokenizer.json",
             "tokenizer_config.json", "generation_config.json", "README.md", "loss.png"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]  # weights only as safetensors
+    # nothing host-specific is published: no absolute path of the trainer's folders, data or site-packages
+    import site
+
+    private = [str(trained), str(trained.parent), str(Path.home()), *site.getsitepackages()]
+    for path in out.iterdir():
+        if path.suffix in (".json", ".md", ".py", ".txt", ".jsonl"):
+            text = path.read_text()
+            assert not [p for p in private if p in text], (path.name, [p for p in private if p in text])
     assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
         "modeling_tinygpt.TinyGPTForCausalLM"
     ids = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 6]  # 60 of the 64 positions it was trained on

@@ -38,6 +38,9 @@ SAFETY = 0.985  # share of the remaining time that is planned; the rest absorbs 
 # peak over the first 15% (a factor 0.95 there), so waiting costs nothing.
 SETTLED = 0.15
 GROW = 1.01  # a fixed plan grows only for more than 1% more steps: noise in the step times does not move it
+# Trainer's max_steps while a budget without --max_steps plans the run: it only bounds the data loader's epochs,
+# and saved summaries record no step limit in its place (transformers has no "until a callback stops" setting).
+UNBOUNDED_STEPS = 10_000_000
 
 
 def process_start_time() -> float:
@@ -163,8 +166,11 @@ class TimeBudget(TrainerCallback):
     def _fit(self, args, state) -> tuple[int, float, float, float]:
         """The total number of steps that ends the run in time at the recent speed, with the timings used."""
         step_s = statistics.median(self.step_seconds[1:][-50:])
-        eval_s = self.eval_seconds[-1]  # the latest: the first may hold compilation
-        event_s = max(0.0, self.event_seconds[-1] - step_s)  # evaluation, samples and saving
+        # the median of the evaluations after the first (which may hold compilation): the final work is many
+        # evaluations' worth (all validation stories and the consistency items), so one slow one must not move it
+        eval_s = statistics.median(self.eval_seconds[1:] or self.eval_seconds)
+        event_s = max(0.0, statistics.median(self.event_seconds[1:] or self.event_seconds) - step_s)  # evaluation,
+        # samples and saving, also the median after the first
         # After the last step: Trainer's own evaluation and checkpoint at the final step (it always makes them),
         # then the final evaluation on all the validation data and the saving.
         final_s = event_s + eval_s * self.final_share + (event_s - eval_s) + self.margin_s

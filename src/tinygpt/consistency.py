@@ -54,27 +54,30 @@ def _pair_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], li
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
-    """Summed log-probability of each continuation given its context (cut from the left, as lm-eval does, where
-    the two do not fit in the model's positions)."""
+    """Summed log-probability of each continuation given its context. Where the two do not fit in the model's
+    positions the context is cut from the left as lm-eval cuts it: the last positions + 1 tokens of context and
+    continuation, less the last one (which is only predicted, never an input)."""
     limit = model.config.max_position_embeddings
-    encoded = []
+    encoded = []  # (input ids, continuation ids): the input's last len(continuation) positions predict it
     for context, continuation in pairs:
         ctx, cont = _pair_ids(tokenizer, context, continuation)
-        encoded.append((ctx[max(0, len(ctx) + len(cont) - limit):], cont))
+        encoded.append(((ctx + cont)[-(limit + 1):][:-1], cont))
     was_training = model.training
     model.eval()
     scores = []
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
-        rows = [ctx + cont for ctx, cont in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows], device=model.device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
-        logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (B, T, V)
-        for row, (ctx, cont) in enumerate(batch):
-            positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=model.device)
-            scores.append(float(logprobs[row, positions, torch.tensor(cont, device=model.device)].sum()))
-    model.train(was_training)
+    try:
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r, _ in batch], device=model.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in batch], device=model.device)
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            for row, (inputs, cont) in enumerate(batch):
+                positions = torch.arange(len(inputs) - len(cont), len(inputs), device=model.device)
+                logprobs = logits[row, positions].float().log_softmax(-1)  # only where a continuation token is
+                scores.append(float(logprobs[torch.arange(len(cont)), torch.tensor(cont, device=model.device)].sum()))
+    finally:
+        model.train(was_training)
     return scores
 
 

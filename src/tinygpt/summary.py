@@ -1,8 +1,12 @@
 """The run summary, `training_summary.json`: written at the end of training (tinygpt.training), read by
 publishing (the model card in tinygpt.hub). Its fields are defined here and nowhere else."""
 
+import importlib.metadata
 import json
+import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -12,6 +16,50 @@ from typing import ClassVar
 HYPERPARAMETERS = ("learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "warmup_steps", "lr_scheduler_type",
                    "lr_scheduler_kwargs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
                    "num_train_epochs", "time_budget", "muon", "bf16", "torch_compile", "seed")
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line as a stranger can run it: paths under the working folder relative to it, other absolute
+    paths replaced by their option's role (`--tokenizer_source <tokenizer_source>`), so no user or host name is
+    recorded or published."""
+    words = []
+    for i, word in enumerate(argv):
+        role = argv[i - 1].lstrip("-").replace("-", "_") if i and argv[i - 1].startswith("--") else "path"
+        word = portable_path(word, role)
+        words.append(shlex.quote(word) if word != shlex.quote(word) and not word.startswith("<") else word)
+    return " ".join(words)
+
+
+def portable_path(value, role: str):
+    """An absolute path as `portable_command` writes it; anything else unchanged (lists item by item)."""
+    if isinstance(value, (list, tuple)):
+        return [portable_path(item, role) for item in value]
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path, cwd = Path(value).resolve(), Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else f"<{role}>"
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("tinygpt")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """The commit of the package's checkout, with "+changes" when its files differ from it; None outside git."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True, text=True,
+                                timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "."], cwd=source,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 @dataclass
@@ -40,27 +88,31 @@ class RunSummary:
         import torch
         import transformers
 
+        from .budget import UNBOUNDED_STEPS
         from .parameters import parameter_table
         from .throughput import machine
 
         model, state = trainer.model, trainer.state
         tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         return cls(
-            command=" ".join([Path(sys.argv[0]).name] + list(argv)),
+            command=portable_command([Path(sys.argv[0]).name] + list(argv)),
             recipe=model_args.recipe, model_preset=model_args.model_preset,
             parameters=dict(parameter_table(model)) if hasattr(model, "model") else {"total": model.num_parameters()},
             model_config=model.config.to_diff_dict(),
-            data={"train_file": data_args.train_file, "validation_file": data_args.validation_file,
+            data={"train_file": portable_path(data_args.train_file, "train_file"),
+                  "validation_file": portable_path(data_args.validation_file, "validation_file"),
                   "dataset": None if data_args.train_file else data_args.dataset_name, "block_size": block_size,
                   "packing": data_args.packing},
             training={"global_step": state.global_step, "max_steps": state.max_steps, "epochs": state.epoch,
                       "train_loss": result.training_loss, "tokens_seen": state.global_step * tokens_per_step * block_size,
                       "train_runtime_s": result.metrics.get("train_runtime"), "wall_time_s": time.time() - started,
-                      "resumed_from": checkpoint, "bf16": args.bf16, "world_size": args.world_size},
+                      "resumed_from": checkpoint and Path(checkpoint).name, "bf16": args.bf16, "world_size": args.world_size},
             eval=metrics, consistency=consistency, time_budget=time_budget, samples=samples, shape=shape,
             throughput=step_timer.report(model, tokens_per_step * block_size, block_size, args.bf16) if step_timer else {},
-            hyperparameters={k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
-            environment={"torch": torch.__version__, "transformers": transformers.__version__,
+            hyperparameters={k: (None if k == "max_steps" and v == UNBOUNDED_STEPS else v)
+                             for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
+            environment={"tinygpt": _version(), "git_commit": _git_commit(), "torch": torch.__version__,
+                         "transformers": transformers.__version__,
                          "python": platform.python_version(), "cuda": torch.cuda.is_available(), **machine()})
 
     def write(self, folder) -> Path:

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig, HfArgument
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .budget import Schedule, TimeBudget, process_start_time
+from .budget import UNBOUNDED_STEPS, Schedule, TimeBudget, process_start_time
 from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, SampleStoriesCallback, plot_losses
 from .configuration_tinygpt import PRESETS, TinyGPTConfig
 from .consistency import evaluate_consistency, load_items
@@ -358,7 +358,7 @@ def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
     # without one the budget alone decides, and this only bounds the data loader's epochs.
     cap = args.max_steps if args.max_steps > 0 else None
     if cap is None:
-        args.max_steps = 10_000_000
+        args.max_steps = UNBOUNDED_STEPS
     # the final work evaluates all validation stories, then the consistency items (both forward passes only)
     items = sum(len((item["prefix"] + " " + item["right"]).encode("utf-8")) * 2 for item in load_items())
     share = (_bytes(validation) + items) / max(1, _bytes(during))
