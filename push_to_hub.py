@@ -15,11 +15,12 @@ import sys
 from transformers import HfArgumentParser
 
 import tinygpt  # noqa: F401  (registers TinyGPT with the Auto classes)
+from tinygpt.arguments import parse_arguments_or_exit
 from tinygpt.hub import PublishArguments, PublishError, publish
 
 
 def main() -> int:
-    (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses()
+    (args,) = parse_arguments_or_exit(HfArgumentParser(PublishArguments))
     try:
         publish(args)
     except (PublishError, OSError) as error:

@@ -4,50 +4,29 @@ and a real headless Chromium."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-from conftest import ROOT, saved_model_with_tokenizer
+from conftest import ROOT, free_port, running_server, saved_model_with_tokenizer
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio is not installed")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve(command, env=None, cwd=None):
     """Start a playground server on a free port; yields its URL and stops it afterwards."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port),
-           **(env or {})}
-    server = subprocess.Popen([*command, "--port", str(port)] if "app" in command else command, env=env, cwd=cwd,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port), **(env or {})}
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, "the app did not start"
-            time.sleep(0.5)
-    try:
+    for _ in running_server([*command, "--port", str(port)] if "app" in command else command, url, env, cwd):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +92,68 @@ def test_in_a_real_browser(app_url):
         browser.close()
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
+
+
+def test_visitors_together_get_the_stories_they_get_alone(app_url):
+    """Concurrent visitors share the model (one batch); each seeded story is still the one it is alone."""
+    url, model = app_url
+    alone = [story(gradio_client.Client(url, verbose=False), model, max_new_tokens=20, seed=s) for s in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda s: story(gradio_client.Client(url, verbose=False), model, max_new_tokens=20,
+                                                 seed=s), range(4)))
+    assert together == alone and len(set(alone)) > 1
+
+
+def _visitor(tokenizer, prompt, seed, max_new_tokens):
+    from tinygpt.app import Visitor
+
+    settings = dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1)
+    return Visitor(tokenizer(prompt, return_tensors="pt").input_ids[0], settings, seed, max_new_tokens)
+
+
+def _story(visitor, stop_after=None) -> tuple[str, int]:
+    """The visitor's final text and how many updates it got; presses Stop after `stop_after` updates."""
+    text, updates = "", 0
+    while (piece := visitor.pieces.get(timeout=120)) is not None:
+        assert not isinstance(piece, Exception), piece
+        text, updates = piece, updates + 1
+        if updates == stop_after:
+            visitor.stop.set()
+    return text, updates
+
+
+def test_the_batcher_decodes_waiting_visitors_together_each_with_its_own_seed(tiny_model_dir):
+    from tinygpt.app import StoryBatcher, load
+
+    tokenizer, lm = load(tiny_model_dir)
+    prompts = [("Once upon a time", 1, 20), ("Lily and Ben went to the park. They", 2, 12), ("The dog", 3, 30)]
+    alone = StoryBatcher(tokenizer, lm)
+    expected = []
+    for prompt in prompts:
+        alone.submit(visitor := _visitor(tokenizer, *prompt))
+        expected.append(_story(visitor)[0])
+    batcher = StoryBatcher(tokenizer, lm)
+    batcher.submit(first := _visitor(tokenizer, "Tom had a red ball.", 0, 40))  # busy: the next three wait
+    visitors = [_visitor(tokenizer, *prompt) for prompt in prompts]
+    for visitor in visitors:
+        batcher.submit(visitor)
+    assert [_story(v)[0] for v in visitors] == expected
+    _story(first)
+    assert max(batcher.batch_sizes) >= 3 and sum(k * n for k, n in batcher.batch_sizes.items()) == 4
+
+
+def test_stop_ends_one_story_and_not_the_others_in_its_batch(tiny_model_dir):
+    from tinygpt.app import StoryBatcher, load
+
+    tokenizer, lm = load(tiny_model_dir)
+    batcher = StoryBatcher(tokenizer, lm)
+    batcher.submit(busy := _visitor(tokenizer, "Tom had a red ball.", 0, 30))
+    batcher.submit(stopped := _visitor(tokenizer, "Once upon a time", 1, 40))
+    batcher.submit(other := _visitor(tokenizer, "The dog", 2, 40))
+    _, stopped_updates = _story(stopped, stop_after=3)
+    _, other_updates = _story(other)
+    _story(busy)
+    assert stopped_updates <= 5 and other_updates >= 30  # (updates skip half characters: a few fewer than tokens)
 
 
 def test_stop_cancels_a_story_and_the_app_serves_the_next(app_url):

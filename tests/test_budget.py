@@ -7,7 +7,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
 
-import tinygpt.budget as budget
 from tinygpt.budget import Schedule, TimeBudget
 
 
@@ -46,16 +45,15 @@ class FakeClock:
         return self.now
 
 
-def simulate(monkeypatch, step_time=lambda step: 1.0, max_steps=None):
+def simulate(step_time=lambda step: 1.0, max_steps=None):
     """A 600 s run with 100 s spent before training, on a fake clock: steps of `step_time(step)` s, an evaluation
     (10 s of evaluating 1/4 of the validation data + 2 s of samples) when the planner asks and every 100 steps.
     The clock when training stops, the planner and its warmup-stable-decay schedule."""
     clock = FakeClock()
-    monkeypatch.setattr(budget.time, "time", clock.time)
     args = TrainingArguments(output_dir="unused", eval_steps=100, report_to=[])
     state, control = TrainerState(), TrainerControl()
     planner = TimeBudget(started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10,
-                         max_steps=max_steps)
+                         max_steps=max_steps, clock=clock.time)
     lr_scheduler = scheduler(Schedule("warmup_stable_decay", 5, 10_000_000, {"decay_ratio": 0.2}))
     for step in range(1, 1000):
         clock.now += step_time(step)  # the training step
@@ -71,9 +69,9 @@ def simulate(monkeypatch, step_time=lambda step: 1.0, max_steps=None):
     return clock.now, planner, state, lr_scheduler.lr_lambdas[0]
 
 
-def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work(monkeypatch):
+def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work():
     """1 s per step: the steps planned leave room for every evaluation and the final work."""
-    now, planner, state, schedule = simulate(monkeypatch)
+    now, planner, state, schedule = simulate()
     decision = planner.decision
     assert schedule.planned and decision["planned_steps"] == state.global_step == schedule.total_steps
     # 600 s - 100 s before training - the final work (Trainer's evaluation at the last step, 12 s, then 40 s of
@@ -87,11 +85,11 @@ def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work(monkeypatc
 
 
 @pytest.mark.parametrize("later_step_s", [1.3, 0.8])
-def test_a_run_whose_speed_changes_after_the_plan_ends_in_time_with_its_budget_used(monkeypatch, later_step_s):
+def test_a_run_whose_speed_changes_after_the_plan_ends_in_time_with_its_budget_used(later_step_s):
     """Steps 30% slower, or 20% faster, from step 320 on (after the plan is fixed at the decay start): the plan
     follows, the run ends within the budget and not more than 3% of it early, and the learning rate still
     comes down to zero at the last step."""
-    now, planner, state, schedule = simulate(monkeypatch, lambda step: 1.0 if step < 320 else later_step_s)
+    now, planner, state, schedule = simulate(lambda step: 1.0 if step < 320 else later_step_s)
     decision = planner.decision
     assert decision["decided_at_step"] < 320 < decision["last_refitted_at_step"]
     assert decision["planned_steps"] == state.global_step == schedule.total_steps
@@ -102,7 +100,7 @@ def test_a_run_whose_speed_changes_after_the_plan_ends_in_time_with_its_budget_u
 
 
 def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(tmp_path):
-    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu shape, 30 minutes, Muon at 4e-3, and a
+    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu shape, 30 minutes, Muon at 4e-3 on batches of 16, and a
     warmup-stable-decay schedule whose last 30% decays to zero along a half cosine (transformers' default
     decay shape; the plan is fixed when the decay starts)."""
     from tinygpt.training import parse_arguments
@@ -110,6 +108,7 @@ def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(
     model_args, data_args, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path)])
     assert (model_args.recipe, model_args.model_preset) == ("cpu", "tinystories-cpu")
     assert args.time_budget == 30 and args.muon and args.learning_rate == 4e-3 and data_args.block_size == 256
+    assert args.per_device_train_batch_size == 16 and args.embedding_lr_multiplier == 3
     schedule = Schedule(args.lr_scheduler_type, args.warmup_steps, 1000, args.lr_scheduler_kwargs)
     assert schedule.decay_start(1000) == 700
     assert [round(schedule(s), 3) for s in (0, 29, 30, 699, 850, 999)] == [0.0, 0.967, 1.0, 1.0, 0.5, 0.0]
@@ -122,12 +121,12 @@ def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(
     assert model_args.auto_shape is None  # a shape on the command line wins
 
 
-def test_an_explicit_max_steps_caps_the_budget_plan(monkeypatch):
+def test_an_explicit_max_steps_caps_the_budget_plan():
     """--time_budget with --max_steps: the run stops at the smaller of the two, its schedule ending there."""
-    now, planner, state, schedule = simulate(monkeypatch, max_steps=150)
+    now, planner, state, schedule = simulate(max_steps=150)
     assert state.global_step == schedule.total_steps == planner.decision["planned_steps"] == 150
     assert schedule(150) == 0.0 and schedule(149) > 0.0
-    uncapped = simulate(monkeypatch, max_steps=10_000)[2].global_step
+    uncapped = simulate(max_steps=10_000)[2].global_step
     assert 300 < uncapped < 10_000  # a cap above what the budget allows changes nothing
 
 

@@ -33,6 +33,25 @@ def test_the_console_script_and_python_m_tinygpt_are_the_same_command():
     assert usage.returncode == 2 and "invalid choice: 'no-such-command'" in usage.stderr
 
 
+def test_every_entry_point_answers_a_wrong_flag_with_one_line_and_status_2():
+    """argparse's answer (usage, `error: unrecognized arguments: ...`, status 2), never HfArgumentParser's traceback;
+    the three run at once (each is mostly start-up)."""
+    from conftest import ROOT
+
+    cases = {"train_hf": ([str(ROOT / "train_hf.py"), "--preset", "cpu", "--output_dir", "x", "--output-dir2", "1"],
+                          "unrecognized arguments: --output-dir2 1; --output-dir2 (did you mean --output_dir?)"),
+             "push_to_hub": ([str(ROOT / "push_to_hub.py"), "--model", "m", "--repo-id", "user/name", "--out", "1"],
+                             "unrecognized arguments: --out 1"),
+             "tinygpt": (["-m", "tinygpt", "generate", "--model", "m", "hi", "--temprature", "1"],
+                         "unrecognized arguments: --temprature 1")}
+    runs = {name: subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True) for name, (command, _) in cases.items()}
+    for name, run in runs.items():
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 2 and "Traceback" not in err, (name, err[-2000:])
+        assert cases[name][1] in err.strip().splitlines()[-1], (name, err[-500:])
+
+
 def test_presets_lists_the_seed_parameter_count():
     result = tinygpt("presets")
     assert result.returncode == 0 and "tinystories-41m" in result.stdout and "41,026,560" in result.stdout

@@ -42,8 +42,12 @@ def test_saved_folder_holds_safetensors_code_and_auto_map(tmp_path):
             "tokenizer.json", "generation_config.json"} <= files
     assert not {"pytorch_model.bin"} & files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
-    assert auto_map == {"AutoConfig": "configuration_tinygpt.TinyGPTConfig",
-                        "AutoModelForCausalLM": "modeling_tinygpt.TinyGPTForCausalLM"}
+    # every class, so the folder loads as any of them (a language model fine-tuned into a classifier, ...)
+    assert auto_map == {"AutoConfig": "configuration_tinygpt.TinyGPTConfig", "AutoModel": "modeling_tinygpt.TinyGPTModel",
+                        "AutoModelForCausalLM": "modeling_tinygpt.TinyGPTForCausalLM",
+                        "AutoModelForSequenceClassification": "modeling_tinygpt.TinyGPTForSequenceClassification",
+                        "AutoModelForTokenClassification": "modeling_tinygpt.TinyGPTForTokenClassification",
+                        "AutoModelForQuestionAnswering": "modeling_tinygpt.TinyGPTForQuestionAnswering"}
 
 
 def test_fresh_process_without_tinygpt_loads_with_trust_remote_code(tmp_path):

@@ -67,6 +67,12 @@ def test_dry_run_builds_a_folder_that_loads_without_tinygpt(trained, tmp_path):
         if path.suffix in (".json", ".md", ".py", ".txt", ".jsonl"):
             text = path.read_text()
             assert not [p for p in private if p in text], (path.name, [p for p in private if p in text])
+    # the tokenizer knows the model's context and carries no load-time arguments, as trained and as published
+    positions = json.loads((out / "config.json").read_text())["max_position_embeddings"]
+    for folder in (trained, out):
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert tokenizer_config["model_max_length"] == positions
+        assert not {"is_local", "local_files_only"} & tokenizer_config.keys()
     assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
         "modeling_tinygpt.TinyGPTForCausalLM"
     ids = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 6]  # 60 of the 64 positions it was trained on

@@ -2,7 +2,6 @@
 the exported folder in a real browser with transformers.js."""
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import ROOT, WINDOW, needs_data, tiny_model
+from conftest import ROOT, WINDOW, free_port, needs_data, tiny_model
+from tinygpt import TinyGPTForCausalLM
 from tinygpt.onnx_export import INT8_FILE, ONNX_FILE, OnnxGenerator, export_onnx
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -91,12 +91,10 @@ def test_cli_exports_and_generates_the_same_story(exported, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tinygpt", "export", "onnx", "--model", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    TinyGPTForCausalLM.from_pretrained(source).save_pretrained(tmp_path / "no-tokenizer")
+    bad = subprocess.run([sys.executable, "-m", "tinygpt", "export", "onnx", "--model", str(tmp_path / "no-tokenizer"),
+                          "--out", str(tmp_path / "y")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no tokenizer (tokenizer.json)" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @needs_data
@@ -116,7 +114,7 @@ def test_the_browser_page_tells_the_story_pytorch_tells(exported, tmp_path):
     ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
     expected = tokenizer.decode(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
                                                do_sample=False)[0], skip_special_tokens=True)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--directory", str(root)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -112,11 +112,12 @@ class TimeBudget(TrainerCallback):
     an evaluation is run right after them, so its cost is measured before the plan is fixed.
     The schedule is the trainer's (`lr_scheduler.lr_lambdas[0]`, a `Schedule`), reached through the callback
     arguments. Set `progress` to Trainer's ProgressCallback to have its bar show the estimated, then planned, steps.
+    clock: the wall clock in seconds (`time.time`; the tests give a fake one).
     """
 
     def __init__(self, started: float, budget_s: float, final_share: float, calibration_steps: int = 8,
-                 margin_s: float = 10.0, max_steps: int | None = None):
-        self.started, self.budget_s, self.final_share = started, budget_s, final_share
+                 margin_s: float = 10.0, max_steps: int | None = None, clock=time.time):
+        self.started, self.budget_s, self.final_share, self.clock = started, budget_s, final_share, clock
         self.max_steps = max_steps  # an explicit --max_steps: the plan never exceeds it
         self.calibration_steps, self.margin_s = calibration_steps, margin_s
         self.progress: ProgressCallback | None = None
@@ -132,10 +133,10 @@ class TimeBudget(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         # Registered before the sample stories, so this is the evaluation loop alone.
         if self._last_end is not None and self._eval_loop is None:
-            self._eval_loop = time.time() - self._last_end
+            self._eval_loop = self.clock() - self._last_end
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
-        now = time.time()
+        now = self.clock()
         if self._last_end is not None:
             if self._eval_loop is None:
                 self.step_seconds.append(now - self._last_end)
@@ -174,7 +175,7 @@ class TimeBudget(TrainerCallback):
         # After the last step: Trainer's own evaluation and checkpoint at the final step (it always makes them),
         # then the final evaluation on all the validation data and the saving.
         final_s = event_s + eval_s * self.final_share + (event_s - eval_s) + self.margin_s
-        left = (self.started + self.budget_s - time.time() - final_s) * SAFETY
+        left = (self.started + self.budget_s - self.clock() - final_s) * SAFETY
 
         def evals(total: int) -> int:  # evaluations still to come: at the multiples of the evaluation interval
             every = max(1, _every(args.eval_steps, total))
@@ -213,7 +214,7 @@ class TimeBudget(TrainerCallback):
             group["lr"] = lr * schedule(state.global_step)  # the coming step follows the new plan
 
     def _report(self, state, total, step_s, event_s, final_s) -> None:
-        spent = time.time() - self.started
+        spent = self.clock() - self.started
         self.decision = {"planned_steps": total, "decided_at_step": state.global_step,
                          "seconds_per_step": round(step_s, 4), "seconds_per_evaluation": round(event_s, 2),
                          "final_work_s": round(final_s, 1), "spent_s_when_decided": round(spent, 1),

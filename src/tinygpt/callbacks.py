@@ -7,6 +7,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .evaluation import evaluating
+
 COMPLETE_MARKER = "checkpoint_complete"
 
 
@@ -29,15 +31,13 @@ class SampleStoriesCallback(TrainerCallback):
         self.tokenizer, self.prompts, self.max_new_tokens, self.seed = tokenizer, prompts, max_new_tokens, seed
         self.latest: list[dict] = []
 
-    @torch.no_grad()
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero or model is None or not self.prompts:
             return
-        was_training = model.training
-        model.eval()
         limit = model.config.max_position_embeddings
         self.latest = []
-        with torch.random.fork_rng(devices=[]):  # keep the training run's random stream untouched
+        # fork_rng: keep the training run's random stream untouched
+        with evaluating(model), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for prompt in self.prompts:
                 ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
@@ -45,7 +45,6 @@ class SampleStoriesCallback(TrainerCallback):
                 out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                                      pad_token_id=self.tokenizer.eos_token_id)
                 self.latest.append({"prompt": prompt, "story": self.tokenizer.decode(out[0], skip_special_tokens=True)})
-        model.train(was_training)
         with open(Path(args.output_dir) / "samples.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": state.global_step, "samples": self.latest}) + "\n")
         print(f"\n--- sample stories at step {state.global_step} ---")

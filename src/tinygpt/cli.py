@@ -5,6 +5,8 @@
     tinygpt eval --model DIR --data valid.txt [--consistency]   # bits per byte, story consistency
     tinygpt lm-eval-tasks                             # the folder of the lm-evaluation-harness tasks
     tinygpt export onnx --model DIR --out DIR [--int8]   # ONNX with a KV cache, for onnxruntime / transformers.js
+    tinygpt export gpt-neo --model DIR --out DIR      # the same weights as a native GPT-Neo folder
+    tinygpt serve DIR [--port 8000]                   # an OpenAI-compatible server (transformers serve)
     tinygpt generate --model ONNX_DIR "Once upon a time" # the exported model on onnxruntime
     tinygpt app --model DIR [--model DIR2]            # the story playground in the browser (Gradio)
     tinygpt space --model-id USER/NAME --out DIR      # a Hugging Face Space folder running that playground
@@ -113,14 +115,27 @@ def cmd_eval(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .onnx_export import export_onnx
-
     _check_model_folder(args.model)
-    out = export_onnx(args.model, args.out, int8=args.int8)
+    if args.format == "gpt-neo":
+        from .convert import export_gpt_neo
+
+        out = export_gpt_neo(args.model, args.out)
+    else:
+        from .onnx_export import export_onnx
+
+        out = export_onnx(args.model, args.out, int8=args.int8)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     print(f"exported {args.model} to {out}:")
     for path in files:
         print(f"  {path.relative_to(out)}  ({path.stat().st_size:,} bytes)")
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve
+
+    _check_model_folder(args.model)
+    serve(args.model, host=args.host, port=args.port, continuous_batching=args.continuous_batching == "on",
+          device=args.device, trust_remote_code=args.trust_remote_code)
 
 
 def cmd_lm_eval_tasks(args) -> None:
@@ -140,7 +155,10 @@ def cmd_app(args) -> None:
 
     for model in args.model:
         _check_model_folder(model)
-    build_app(args.model).launch(server_name=args.host, server_port=args.port, show_error=True)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    options = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    build_app(args.model, **options).launch(server_name=args.host, server_port=args.port, show_error=True)
 
 
 def cmd_space(args) -> None:
@@ -229,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a model folder or Hub id; repeat for a fixed list the page offers (nothing else loads)")
     app.add_argument("--host", default="127.0.0.1")
     app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--max-batch", type=int, default=None,
+                     help="the most visitors' stories decoded together (1: one at a time; default tinygpt.app.MAX_BATCH)")
     app.set_defaults(run=cmd_app)
 
     space = commands.add_parser("space", help="write a Hugging Face Space folder for a published model")
@@ -249,12 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
 
     export = commands.add_parser("export", help="export a model to run outside PyTorch (ONNX, for onnxruntime and "
-                                                 "transformers.js)")
-    export.add_argument("format", choices=["onnx"])
+                                                 "transformers.js) or as a native GPT-Neo (for tools that know only "
+                                                 "transformers' own models)")
+    export.add_argument("format", choices=["onnx", "gpt-neo"])
     export.add_argument("--model", required=True, help="a TinyGPT folder")
     export.add_argument("--out", required=True, help="the folder to write (onnx/model.onnx, configs, tokenizer)")
     export.add_argument("--int8", action="store_true", help="also onnx/model_quantized.onnx (int8 weights)")
     export.set_defaults(run=cmd_export)
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible server (transformers serve) for a model")
+    serve.add_argument("model", help="a model folder or Hub id; requests name it as their model")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--continuous-batching", choices=["on", "off"], default="off",
+                       help="transformers' continuous batching (paged attention); off by default: on 2 CPU cores it "
+                            "is slower than one request after another (BENCHMARKS.md, Serving)")
+    serve.add_argument("--device", default="auto", help="e.g. cpu, cuda:0; auto: a GPU if there is one")
+    serve.add_argument("--trust-remote-code", action="store_true",
+                       help="for a Hub model whose code tinygpt does not provide")
+    serve.set_defaults(run=cmd_serve)
 
     tasks = commands.add_parser("lm-eval-tasks", help="print the folder of the lm-evaluation-harness task YAMLs")
     tasks.set_defaults(run=cmd_lm_eval_tasks)

@@ -42,6 +42,12 @@ _BASE_KEYS = {"auto_map", "model_type", "name_or_path", "torch_dtype", "num_labe
 _DERIVED = {"head_dim": "hidden_size and num_attention_heads", "layer_types": "attention_types",
             "sliding_window": "window_size"}
 
+# Written into every saved config.json, so a folder (or Hub repo) saved as any one of these loads as any other
+# with trust_remote_code=True: a language model fine-tuned into a classifier needs no other code.
+AUTO_MAP = {"AutoConfig": "configuration_tinygpt.TinyGPTConfig", "AutoModel": "modeling_tinygpt.TinyGPTModel",
+            **{f"AutoModelFor{task}": f"modeling_tinygpt.TinyGPTFor{task}"
+               for task in ("CausalLM", "SequenceClassification", "TokenClassification", "QuestionAnswering")}}
+
 _SEED = dict(vocab_size=8001, max_position_embeddings=512, num_attention_heads=16, window_size=256)
 PRESETS = {
     "tinystories-1m": dict(_SEED, hidden_size=64, num_hidden_layers=8),
@@ -121,6 +127,7 @@ class TinyGPTConfig(PretrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self._reject_unknown_keys(kwargs)
         self._validate()
+        kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,

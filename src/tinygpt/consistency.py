@@ -23,6 +23,9 @@ from importlib import resources
 
 import torch
 
+from .data import CausalLMCollator
+from .evaluation import evaluating
+
 EVALS = resources.files("tinygpt") / "evals"  # the items and the lm-evaluation-harness task YAMLs
 
 
@@ -52,7 +55,6 @@ def _pair_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], li
     return whole[:len(context_ids)], whole[len(context_ids):]
 
 
-@torch.no_grad()
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
     """Summed log-probability of each continuation given its context. Where the two do not fit in the model's
     positions the context is cut from the left as lm-eval cuts it: the last positions + 1 tokens of context and
@@ -62,22 +64,19 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
     for context, continuation in pairs:
         ctx, cont = _pair_ids(tokenizer, context, continuation)
         encoded.append(((ctx + cont)[-(limit + 1):][:-1], cont))
-    was_training = model.training
-    model.eval()
+    collate = CausalLMCollator(tokenizer.eos_token_id)
     scores = []
-    try:
+    with evaluating(model):
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start:start + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r, _ in batch], device=model.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in batch], device=model.device)
-            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            padded = collate([{"input_ids": r} for r, _ in batch])
+            mask = padded.get("attention_mask")  # none when the rows are equally long
+            logits = model(input_ids=padded["input_ids"].to(model.device),
+                           attention_mask=None if mask is None else mask.to(model.device)).logits  # (B, T, V)
             for row, (inputs, cont) in enumerate(batch):
                 positions = torch.arange(len(inputs) - len(cont), len(inputs), device=model.device)
                 logprobs = logits[row, positions].float().log_softmax(-1)  # only where a continuation token is
                 scores.append(float(logprobs[torch.arange(len(cont)), torch.tensor(cont, device=model.device)].sum()))
-    finally:
-        model.train(was_training)
     return scores
 
 

@@ -3,12 +3,14 @@
     from tinygpt.convert import gpt_neo_to_tinygpt, tinygpt_to_gpt_neo
     model = gpt_neo_to_tinygpt("roneneldan/TinyStories-33M")      # a Hub id, a local folder or a model
     neo = tinygpt_to_gpt_neo(model)
+    export_gpt_neo("runs/cpu", "runs/cpu-gpt-neo")                 # a folder, as `tinygpt export gpt-neo` does
 
 The two architectures compute the same function; only names differ, and TinyGPT fuses GPT-Neo's q/k/v
 projections into one `qkv_proj` (rows stacked q, k, v).
 """
 
 import os
+from pathlib import Path
 
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
@@ -104,6 +106,22 @@ def tinygpt_to_gpt_neo(model: TinyGPTForCausalLM) -> GPTNeoForCausalLM:
     if missing or unexpected:
         raise RuntimeError(f"GPT-Neo weights did not line up: missing {missing}, unexpected {unexpected}")
     return neo.eval()
+
+
+def export_gpt_neo(model_dir, out_dir) -> Path:
+    """A saved TinyGPT folder (with its tokenizer) as a native GPT-Neo folder (weights, generation config,
+    tokenizer), for tools that load only transformers' own architectures."""
+    from transformers import GenerationConfig
+
+    from .tokenizer import load_for_model
+
+    model = TinyGPTForCausalLM.from_pretrained(model_dir)
+    neo = tinygpt_to_gpt_neo(model)
+    neo.generation_config = GenerationConfig.from_model_config(neo.config)
+    neo.generation_config.update(**model.generation_config.to_diff_dict())
+    neo.save_pretrained(out_dir)
+    load_for_model(model_dir, neo.config.max_position_embeddings).save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 @torch.no_grad()

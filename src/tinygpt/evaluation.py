@@ -7,13 +7,32 @@ exactly once. loss = mean nats per predicted token; bits per byte = all nats / l
 stories, which compares models with different tokenizers.
 """
 
+import contextlib
 import math
 from collections.abc import Iterable
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import pack, story_ids
+from .data import CausalLMCollator, pack, story_ids
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """The model in eval mode without gradients inside the block; its former mode back afterwards, also when the
+    block raises (every evaluation, sampling and scoring in the package goes through here)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def utf8_bytes(texts: Iterable[str]) -> int:
+    """The denominator of bits per byte."""
+    return sum(len(text.encode("utf-8")) for text in texts)
 
 
 def bits_per_byte(total_nats: float, n_bytes: int) -> float:
@@ -26,10 +45,9 @@ def evaluation_blocks(texts: Iterable[str], tokenizer, block_size: int) -> tuple
     if not texts:
         raise ValueError("no stories to evaluate")
     blocks = pack(story_ids(tokenizer, texts), block_size, keep_tail=True)
-    return [b for b in blocks if len(b) > 1], sum(len(text.encode("utf-8")) for text in texts)
+    return [b for b in blocks if len(b) > 1], utf8_bytes(texts)
 
 
-@torch.no_grad()
 def evaluate_texts(model, tokenizer, texts: Iterable[str], block_size: int | None = None, batch_size: int = 16,
                    progress: bool = True) -> dict:
     """Loss, perplexity and bits per byte of the model on the stories, in float32 and eval mode."""
@@ -39,19 +57,15 @@ def evaluate_texts(model, tokenizer, texts: Iterable[str], block_size: int | Non
                          f"({model.config.max_position_embeddings})")
     texts = list(texts)
     blocks, n_bytes = evaluation_blocks(texts, tokenizer, block_size)
-    was_training = model.training
-    model.eval()
+    collate = CausalLMCollator(tokenizer.eos_token_id)  # the padding and labels of training's batches
     total_nats, predicted = 0.0, 0
-    for start in tqdm(range(0, len(blocks), batch_size), desc="evaluating", unit="batch", disable=not progress):
-        batch = blocks[start:start + batch_size]
-        width = max(len(b) for b in batch)
-        ids = torch.tensor([b + [tokenizer.eos_token_id] * (width - len(b)) for b in batch], device=model.device)
-        labels = torch.tensor([b + [-100] * (width - len(b)) for b in batch], device=model.device)
-        count = int((labels[:, 1:] != -100).sum())
-        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        total_nats += loss.item() * count
-        predicted += count
-    model.train(was_training)
+    with evaluating(model):
+        for start in tqdm(range(0, len(blocks), batch_size), desc="evaluating", unit="batch", disable=not progress):
+            batch = collate([{"input_ids": b} for b in blocks[start:start + batch_size]])
+            batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+            count = int((batch["labels"][:, 1:] != -100).sum())
+            total_nats += model(**batch).loss.item() * count
+            predicted += count
     loss = total_nats / predicted
     return {"stories": len(texts), "blocks": len(blocks),
             "block_size": block_size, "tokens": predicted + len(blocks), "bytes": n_bytes, "loss": loss,

@@ -59,7 +59,9 @@ def check_model_folder(folder) -> Path:
 
 def assemble_repo(model_dir, local_dir, repo_id: str, license: str = "apache-2.0") -> list[Path]:
     """Write the Hub repository's files into local_dir; returns them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .tokenizer import load_for_model
 
     model_dir = check_model_folder(model_dir)
     check_repo_id(repo_id)
@@ -68,7 +70,7 @@ def assemble_repo(model_dir, local_dir, repo_id: str, license: str = "apache-2.0
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     if model.config.model_type != "tinygpt":
         raise PublishError(f"{model_dir}: a {model.config.model_type} model, not TinyGPT")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_for_model(model_dir, model.config.max_position_embeddings)
     model.save_pretrained(local_dir)  # safetensors, config.json with auto_map, code files, generation_config
     tokenizer.save_pretrained(local_dir)
     for name in EXTRA_FILES:

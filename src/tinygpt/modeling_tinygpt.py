@@ -1,6 +1,6 @@
 """TinyGPT: a GPT-Neo-style decoder written from scratch as a first-class transformers model.
 
-Reads bottom-up like the math: input checks and mask helpers -> attention -> MLP -> block -> models.
+Reads bottom-up like the math: input checks and mask helpers -> attention -> MLP -> block -> models -> task heads.
 Self-contained on purpose (it is copied to the Hub for `trust_remote_code=True`): it imports transformers
 and torch, and from this package only `configuration_tinygpt`.
 
@@ -22,12 +22,13 @@ from transformers.utils.versions import require_version
 require_version("transformers>=5.24", "TinyGPT's modeling code uses the `cache` API of transformers 5.24: "
                 "pip install -U 'transformers>=5.24,<6'")
 
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (GenericForQuestionAnswering, GenericForSequenceClassification,
+                                          GenericForTokenClassification, GradientCheckpointingLayer)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.utils import can_return_tuple
@@ -386,4 +387,30 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         return super().generate(*args, stopping_criteria=criteria, **kwargs)
 
 
-__all__ = ["TinyGPTPreTrainedModel", "TinyGPTModel", "TinyGPTForCausalLM"]
+# ----------------------------------------------------------------------------- task heads
+
+
+class TinyGPTTaskHead(TinyGPTPreTrainedModel):
+    """Base of the task heads, which transformers' generic classes implement on a body built by
+    AutoModel.from_config. Under trust_remote_code the config's class comes from its own copy of
+    configuration_tinygpt (transformers loads each file apart), unknown to AutoModel: register the pair in use."""
+
+    def __init__(self, config: TinyGPTConfig):
+        AutoModel.register(type(config), TinyGPTModel, exist_ok=True)
+        super().__init__(config)
+
+
+class TinyGPTForSequenceClassification(GenericForSequenceClassification, TinyGPTTaskHead):
+    """A label per text from the hidden state of its last token that is not padding (`pad_token_id`)."""
+
+
+class TinyGPTForTokenClassification(GenericForTokenClassification, TinyGPTTaskHead):
+    """A label per token."""
+
+
+class TinyGPTForQuestionAnswering(GenericForQuestionAnswering, TinyGPTTaskHead):
+    """Extractive question answering: start and end logits over the tokens."""
+
+
+__all__ = ["TinyGPTPreTrainedModel", "TinyGPTModel", "TinyGPTForCausalLM", "TinyGPTForSequenceClassification",
+           "TinyGPTForTokenClassification", "TinyGPTForQuestionAnswering"]

@@ -84,13 +84,15 @@ def io_names(num_layers: int) -> tuple[list[str], list[str]]:
 
 def export_onnx(model_dir, out_dir, int8: bool = False) -> Path:
     """Write the transformers.js-ready folder (see the module docstring); returns it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     from .convert import tinygpt_config_to_gpt_neo
+    from .tokenizer import load_for_model
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).float().eval()
     if model.config.model_type != "tinygpt":
         raise ValueError(f"{model_dir}: a {model.config.model_type} model; tinygpt export onnx exports TinyGPT models")
+    tokenizer = load_for_model(model_dir, model.config.max_position_embeddings)  # checked before any work
     out = Path(out_dir)
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -116,7 +118,7 @@ def export_onnx(model_dir, out_dir, int8: bool = False) -> Path:
     neo = tinygpt_config_to_gpt_neo(config)
     neo.use_cache = True
     neo.save_pretrained(out)  # what transformers.js reads: model_type gpt_neo, num_heads, num_layers, hidden_size
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     generation = model.generation_config if model.generation_config is not None else GenerationConfig()
     generation.save_pretrained(out)
     for name in ("training_summary.json",):

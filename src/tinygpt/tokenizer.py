@@ -229,6 +229,27 @@ def wrap_tokenizer(tokenizer: Tokenizer, **init_kwargs) -> PreTrainedTokenizerFa
                                    unk_token=EOT, clean_up_tokenization_spaces=False, **init_kwargs)
 
 
+# from_pretrained's own arguments, which transformers keeps in init_kwargs and save_pretrained writes back
+LOAD_TIME_KEYS = ("is_local", "local_files_only")
+
+
+def for_model(tokenizer, positions: int):
+    """The tokenizer as it ships beside a model: it knows the model's context (so `truncation=True` cuts there
+    instead of at transformers' "unset" 1e30) and carries none of the arguments it was loaded with."""
+    tokenizer.model_max_length = positions
+    for key in LOAD_TIME_KEYS:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
+def load_for_model(folder, positions: int):
+    """The tokenizer saved in a model folder, ready to ship beside the model (`for_model`), or a clear error."""
+    if Path(folder).is_dir() and not (Path(folder) / "tokenizer.json").is_file():
+        raise ValueError(f"{folder}: no tokenizer (tokenizer.json); a folder written by train_hf.py has one, or "
+                         f"save one into it with tokenizer.save_pretrained")
+    return for_model(AutoTokenizer.from_pretrained(folder), positions)
+
+
 def save_tokenizer(tokenizer, out_dir, report: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

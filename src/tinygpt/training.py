@@ -19,19 +19,20 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig, HfArgument
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .arguments import parse_arguments_or_exit
 from .budget import UNBOUNDED_STEPS, Schedule, TimeBudget, process_start_time
 from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, SampleStoriesCallback, plot_losses
 from .configuration_tinygpt import PRESETS, TinyGPTConfig
 from .consistency import evaluate_consistency, load_items
 from .convert import gpt_neo_to_tinygpt, shrink_vocab
 from .data import CausalLMCollator, DataArguments, DataFileError, load_raw_datasets, tokenize_for_training
-from .evaluation import evaluate_texts
+from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import adamw_groups, build_muon_with_adamw, fast_bfloat16
 from .shape import pick_shape
 from .summary import RunSummary
 from .throughput import StepTimer
-from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, prune_tokenizer, train_tokenizer
+from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, for_model, prune_tokenizer, train_tokenizer
 
 DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because"]
 # How stories are sampled: saved in every trained model's generation_config.json, from which the sample stories
@@ -44,7 +45,7 @@ RECIPES = {
     "tinystories-41m": {"model": "tinystories-41m", "argv": [
         "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "5", "--num_train_epochs", "1",
         "--block_size", "512"]},
-    # 30 minutes on whatever machine runs it (see README for the measured run and BENCHMARKS.md for the choices).
+    # 30 minutes on whatever machine runs it (docs/training.md: the measured run; BENCHMARKS.md: the choices).
     "cpu": {"model": "tinystories-cpu", "argv": [
         "--time_budget", "30", "--per_device_train_batch_size", "16", "--block_size", "256",
         "--learning_rate", "4e-3", "--warmup_steps", "30", "--lr_scheduler_type", "warmup_stable_decay",
@@ -143,7 +144,7 @@ def parse_arguments(argv: list[str]):
         raise ValueError(f"unknown model preset {model_preset!r}; choose one of {sorted(PRESETS)}")
     recipe_argv = RECIPES[recipe]["argv"] if recipe else []  # a bare model preset trains with the defaults
     parser = HfArgumentParser((ModelArguments, DataArguments, TinyGPTTrainingArguments))
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=recipe_argv + list(argv))
+    model_args, data_args, args = parse_arguments_or_exit(parser, recipe_argv + list(argv))
     model_args.recipe, model_args.model_preset = recipe, model_preset or RECIPES[recipe]["model"]
     if model_args.config_overrides or model_preset:
         model_args.auto_shape = None  # the shape the user wrote wins over the recipe's measured choice
@@ -297,6 +298,7 @@ def run_training(argv: list[str]) -> dict:
     shape = _auto_shape(model_args, data_args, args, tokenizer, started)
     set_seed(args.seed)  # the fresh model's weights depend on the seed alone, on every process
     model = build_model(model_args, tokenizer, data_args.block_size)
+    for_model(tokenizer, model.config.max_position_embeddings)  # saved with every checkpoint and the final model
     block_size = data_args.block_size or model.config.max_position_embeddings
     if not 2 <= block_size <= model.config.max_position_embeddings:
         raise ValueError(f"--block_size {block_size} must be between 2 and the model's max_position_embeddings "
@@ -360,13 +362,13 @@ def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
     if cap is None:
         args.max_steps = UNBOUNDED_STEPS
     # the final work evaluates all validation stories, then the consistency items (both forward passes only)
-    items = sum(len((item["prefix"] + " " + item["right"]).encode("utf-8")) * 2 for item in load_items())
+    items = 2 * utf8_bytes(item["prefix"] + " " + item["right"] for item in load_items())
     share = (_bytes(validation) + items) / max(1, _bytes(during))
     return TimeBudget(started, args.time_budget * 60, final_share=share, max_steps=cap)
 
 
 def _bytes(texts) -> int:
-    return sum(len(row["text"].encode("utf-8")) for row in texts)
+    return utf8_bytes(row["text"] for row in texts)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,94 @@
+"""`tinygpt serve` (transformers' OpenAI-compatible server) used as OpenAI users do, over HTTP on localhost with the
+`openai` client; `tinygpt export gpt-neo`."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GPTNeoForCausalLM
+
+from conftest import free_port, running_server, saved_model_with_tokenizer
+from tinygpt import TinyGPTForCausalLM
+
+openai = pytest.importorskip("openai", reason="openai is not installed (pip install 'tinygpt[serve]')")
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny model (GPT-2's tokenizer, 64 positions) behind `tinygpt serve`, and an OpenAI client for it."""
+    folder = str(tmp_path_factory.mktemp("model"))
+    saved_model_with_tokenizer(folder)
+    port = free_port()
+    command = [sys.executable, "-m", "tinygpt", "serve", folder, "--port", str(port)]
+    for _ in running_server(command, f"http://127.0.0.1:{port}/health", env={"OMP_NUM_THREADS": "1"}):
+        yield folder, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
+                                    timeout=120)
+
+
+def greedy(folder, max_new_tokens) -> str:
+    """What generate() gives for the prompt alone, greedily: the text a served completion must equal."""
+    model, tokenizer = TinyGPTForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_a_story_and_a_streamed_story_are_generate_s(served):
+    folder, client = served
+    expected = greedy(folder, 12)
+    reply = client.completions.create(model=folder, prompt=PROMPT, max_tokens=12, temperature=0)
+    assert reply.choices[0].text == expected and reply.usage.completion_tokens == 12
+    assert reply.choices[0].finish_reason == "length"
+    chunks = list(client.completions.create(model=folder, prompt=PROMPT, max_tokens=12, temperature=0, stream=True))
+    assert len(chunks) > 2 and "".join(c.choices[0].text for c in chunks if c.choices) == expected
+
+
+def test_without_max_tokens_a_story_stops_at_the_last_position(served):
+    folder, client = served
+    reply = client.completions.create(model=folder, prompt=PROMPT, temperature=0)
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= 64
+
+
+def test_sixteen_concurrent_requests_are_all_answered(served):
+    folder, client = served
+
+    def ask(seed):
+        return client.completions.create(model=folder, prompt=PROMPT, max_tokens=8, temperature=0.8, seed=seed)
+
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(ask, range(16)))
+    assert all(r.usage.completion_tokens == 8 and r.choices[0].text for r in replies)
+
+
+@pytest.mark.parametrize("request_, message", [
+    (dict(prompt="the end " * 40), "positions: shorten it"),
+    (dict(prompt=PROMPT, max_tokens=100), "past the model's 64 positions"),
+    (dict(prompt=PROMPT, max_tokens=4, temperature=-1), "temperature must be a number >= 0"),
+    (dict(prompt=PROMPT, max_tokens=4, model="someone/else"), "pinned to"),
+], ids=["long prompt", "max_tokens", "negative temperature", "unknown model"])
+def test_bad_requests_get_a_400_that_names_the_problem_and_serving_goes_on(served, request_, message):
+    folder, client = served
+    with pytest.raises(openai.BadRequestError, match=message):
+        client.completions.create(**{"model": folder, **request_})
+    assert client.completions.create(model=folder, prompt=PROMPT, max_tokens=3).usage.completion_tokens == 3
+
+
+def test_chat_is_refused_with_a_pointer_to_completions(served):
+    folder, client = served
+    with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
+        client.chat.completions.create(model=folder, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_export_gpt_neo_gives_a_native_folder_with_the_same_logits(tmp_path):
+    model, tokenizer = saved_model_with_tokenizer(tmp_path / "tinygpt")
+    subprocess.run([sys.executable, "-m", "tinygpt", "export", "gpt-neo", "--model", str(tmp_path / "tinygpt"),
+                    "--out", str(tmp_path / "neo")], check=True, capture_output=True)
+    neo = GPTNeoForCausalLM.from_pretrained(tmp_path / "neo")
+    assert not list((tmp_path / "neo").glob("*.py"))  # transformers' own code, nothing to trust
+    ids = torch.tensor([[5, 17, 300, 4000, 12, 9, 7, 7, 1] * 3])
+    torch.testing.assert_close(neo(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(tmp_path / "neo").model_max_length == 64
