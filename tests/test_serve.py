@@ -17,16 +17,22 @@ openai = pytest.importorskip("openai", reason="openai is not installed (pip inst
 PROMPT = "Once upon a time"
 
 
+def serve(folder, *options):
+    """`tinygpt serve FOLDER` on a free port; yields an OpenAI client for it."""
+    port = free_port()
+    command = [sys.executable, "-m", "tinygpt", "serve", folder, "--port", str(port), *options]
+    for _ in running_server(command, f"http://127.0.0.1:{port}/health", env={"OMP_NUM_THREADS": "1"}):
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A tiny model (GPT-2's tokenizer, 64 positions) behind `tinygpt serve`, and an OpenAI client for it."""
+    """A tiny model (GPT-2's tokenizer, 64 positions) behind `tinygpt serve` (continuous batching, the default),
+    and an OpenAI client for it."""
     folder = str(tmp_path_factory.mktemp("model"))
     saved_model_with_tokenizer(folder)
-    port = free_port()
-    command = [sys.executable, "-m", "tinygpt", "serve", folder, "--port", str(port)]
-    for _ in running_server(command, f"http://127.0.0.1:{port}/health", env={"OMP_NUM_THREADS": "1"}):
-        yield folder, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
-                                    timeout=120)
+    for client in serve(folder):
+        yield folder, client
 
 
 def greedy(folder, max_new_tokens) -> str:
@@ -45,6 +51,15 @@ def test_a_story_and_a_streamed_story_are_generate_s(served):
     assert reply.choices[0].finish_reason == "length"
     chunks = list(client.completions.create(model=folder, prompt=PROMPT, max_tokens=12, temperature=0, stream=True))
     assert len(chunks) > 2 and "".join(c.choices[0].text for c in chunks if c.choices) == expected
+
+
+def test_one_request_after_another_gives_the_same_story(served):
+    folder, _ = served
+    for client in serve(folder, "--continuous-batching", "off"):
+        reply = client.completions.create(model=folder, prompt=PROMPT, max_tokens=12, temperature=0)
+        assert reply.choices[0].text == greedy(folder, 12)
+        with pytest.raises(openai.BadRequestError, match="past the model's 64 positions"):
+            client.completions.create(model=folder, prompt=PROMPT, max_tokens=100)
 
 
 def test_without_max_tokens_a_story_stops_at_the_last_position(served):
