@@ -1,6 +1,7 @@
 """`tinygpt serve` (transformers' OpenAI-compatible server) used as OpenAI users do, over HTTP on localhost with the
 `openai` client; `tinygpt export gpt-neo`."""
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,28 @@ def test_bad_requests_get_a_400_that_names_the_problem_and_serving_goes_on(serve
     folder, client = served
     with pytest.raises(openai.BadRequestError, match=message):
         client.completions.create(**{"model": folder, **request_})
+    assert client.completions.create(model=folder, prompt=PROMPT, max_tokens=3).usage.completion_tokens == 3
+
+
+def test_no_request_makes_the_server_load_another_model_or_unload_its_own(served, tmp_path):
+    """The model is the operator's: /load_model (which would read the folder a client names) and /reset (which
+    would unload the model for everyone) are not served, and serving goes on."""
+    import urllib.error
+    import urllib.request
+
+    folder, client = served
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "evil", "auto_map": {"AutoConfig": "x.Y"}}')
+    base = str(client.base_url).removesuffix("/v1/")
+    for path, body in (("/load_model", {"model": str(tmp_path / "other")}), ("/reset", {})):
+        request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = response.read().decode()
+        except urllib.error.HTTPError as error:
+            answer = error.read().decode()
+        assert "Not Found" in answer, (path, answer)
     assert client.completions.create(model=folder, prompt=PROMPT, max_tokens=3).usage.completion_tokens == 3
 
 

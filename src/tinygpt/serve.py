@@ -10,6 +10,9 @@ The app, its routes, the streaming and the (optional) continuous batching are tr
 serving`); this module adds what a story model needs on top:
 - loading through the Auto classes: transformers' model manager resolves `getattr(transformers,
   config.architectures[0])`, which knows only the classes inside transformers;
+- only the operator's model: a request naming another is refused (transformers' pinned-model check), and
+  `/load_model` (which loads whatever a client names) and `/reset` (which unloads the model for everyone) are not
+  served;
 - requests checked against the model before any work: a prompt or `max_tokens` past the model's positions, or a
   negative temperature, is answered 400 with a message naming the problem (transformers would let generate() fail
   deep inside, or silently clamp), and the server goes on serving;
@@ -105,6 +108,10 @@ def build_app(model: str, *, continuous_batching: bool = True, device: str = "au
                        transcription_handler=TranscriptionHandler(manager, state),
                        systemone_handler=SystemOneHandler(**handlers), generation_state=state)
     app.add_exception_handler(HTTPException, openai_error)
+    # The model is pinned (the handlers refuse other names): /load_model would read any folder or Hub id a client
+    # names, /reset would unload the model for everyone; neither is a client's to call.
+    app.router.routes[:] = [route for route in app.router.routes
+                            if getattr(route, "path", None) not in ("/load_model", "/reset")]
     return app
 
 
