@@ -85,7 +85,8 @@ def test_sixteen_concurrent_requests_are_all_answered(served):
     (dict(prompt=PROMPT, max_tokens=100), "past the model's 64 positions"),
     (dict(prompt=PROMPT, max_tokens=4, temperature=-1), "temperature must be a number >= 0"),
     (dict(prompt=PROMPT, max_tokens=4, model="someone/else"), "pinned to"),
-], ids=["long prompt", "max_tokens", "negative temperature", "unknown model"])
+    (dict(prompt=PROMPT, extra_body={"generation_config": '{"max_new_tokens": 500}'}), "generation_config is not"),
+], ids=["long prompt", "max_tokens", "negative temperature", "unknown model", "generation_config"])
 def test_bad_requests_get_a_400_that_names_the_problem_and_serving_goes_on(served, request_, message):
     folder, client = served
     with pytest.raises(openai.BadRequestError, match=message):

@@ -65,6 +65,9 @@ class StoryCompletionHandler(CompletionHandler):
 def check_completion_request(body: dict, positions: int, tokenizer) -> None:
     """400 for what this model cannot do, each message naming the field, its value and the limit; a missing
     max_tokens becomes the positions the prompt leaves."""
+    if body.get("generation_config") is not None:  # it would bypass every check below
+        raise HTTPException(status_code=400, detail="generation_config is not accepted here: use max_tokens, "
+                            "temperature, top_p and seed")
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
         raise HTTPException(status_code=400, detail="prompt must be a string")
