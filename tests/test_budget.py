@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
+from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
 
 from tinygpt.budget import Schedule, TimeBudget
 
@@ -52,21 +52,21 @@ def simulate(step_time=lambda step: 1.0, max_steps=None):
     clock = FakeClock()
     args = TrainingArguments(output_dir="unused", eval_steps=100, report_to=[])
     state, control = TrainerState(), TrainerControl()
-    planner = TimeBudget(started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10,
-                         max_steps=max_steps, clock=clock.time)
-    lr_scheduler = scheduler(Schedule("warmup_stable_decay", 5, 10_000_000, {"decay_ratio": 0.2}))
+    schedule = Schedule("warmup_stable_decay", 5, 10_000_000, {"decay_ratio": 0.2})
+    planner = TimeBudget(schedule, started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5,
+                         margin_s=10, max_steps=max_steps, clock=clock.time)
     for step in range(1, 1000):
         clock.now += step_time(step)  # the training step
         state.global_step = step
-        planner.on_step_end(args, state, control, lr_scheduler=lr_scheduler)
+        planner.on_step_end(args, state, control)
         if control.should_training_stop:
             break
         if control.should_evaluate or step % 100 == 0:  # what the planner asked for, or a periodic evaluation
             control.should_evaluate = False
+            clock.now += 2.0  # the sample stories: callbacks run in any order, the trainer reports its own time
             clock.now += 10.0
-            planner.on_evaluate(args, state, control)
-            clock.now += 2.0  # the sample stories
-    return clock.now, planner, state, lr_scheduler.lr_lambdas[0]
+            planner.on_evaluate(args, state, control, metrics={"eval_loss": 1.0, "eval_runtime": 10.0})
+    return clock.now, planner, state, schedule
 
 
 def test_the_plan_fits_the_budget_with_evaluations_and_the_final_work():
@@ -115,7 +115,7 @@ def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(
     # an explicit option wins over the recipe's
     _, _, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path), "--lr_scheduler_type", "cosine"])
     assert args.lr_scheduler_type == "cosine"
-    assert model_args.auto_shape == "128x8,160x8,192x8"  # the shape is measured for the machine
+    assert model_args.auto_shape == "96x6,128x8,160x8"  # the shape is measured for the machine
     model_args, _, _ = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path),
                                         "--config_overrides", "hidden_size=96"])
     assert model_args.auto_shape is None  # a shape on the command line wins
@@ -137,3 +137,57 @@ def test_the_command_line_wins_over_the_recipe():
 
     _, _, args = parse_arguments(["--preset", "cpu", "--max_steps", "40", "--learning_rate", "1e-3", "--output_dir", "x"])
     assert args.max_steps == 40 and args.time_budget == 30 and args.learning_rate == 1e-3
+
+
+def test_a_budget_attached_with_one_call_plans_the_trainers_schedule_and_progress_bar(tokenizer_dir, tmp_path):
+    """TimeBudget.attach on a real TinyGPTTrainer, on a clock that moves 1 s per step: the run trains by the
+    budget's schedule and stops at its plan, the evaluation it asks for is timed by the trainer (eval_runtime),
+    the progress bar shows the plan (no placeholder before it), and no saved file records a placeholder limit."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_model
+    from tinygpt.budget import UNBOUNDED_STEPS, PlannedProgress
+    from tinygpt.data import CausalLMCollator
+    from tinygpt.training import TinyGPTTrainer, TinyGPTTrainingArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                       eos_token_id=tokenizer.eos_token_id).train()
+    blocks = Dataset.from_dict({"input_ids": torch.randint(0, len(tokenizer), (64, 16)).tolist()})
+    stories = Dataset.from_dict({"text": ["Tom had a red ball. He gave it to Sue."] * 2})
+    args = TinyGPTTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3,
+                             max_steps=UNBOUNDED_STEPS,  # as training.py builds Trainer for a budget
+                             lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs={"decay_ratio": 0.5},
+                             warmup_steps=2, eval_strategy="steps", eval_steps=1000, save_strategy="no",
+                             logging_steps=5, report_to=[], use_cpu=True, disable_tqdm=False)
+    trainer = TinyGPTTrainer(model=model, args=args, train_dataset=blocks, eval_dataset=stories, block_size=16,
+                             data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                             started=0.0)
+    budget = TimeBudget(Schedule.of(args), started=0.0, budget_s=60, final_share=1.0, calibration_steps=3,
+                        margin_s=5, clock=lambda: 10.0 + trainer.state.global_step)  # 10 s spent before training
+    budget.attach(trainer)
+    callbacks = trainer.callback_handler.callbacks
+    assert trainer.schedule is budget.schedule and budget in callbacks
+    bars = [c for c in callbacks if isinstance(c, ProgressCallback)]
+    assert len(bars) == 1 and isinstance(bars[0], PlannedProgress)  # Trainer's bar replaced, not doubled
+    lr_seen, totals = [], []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            lr_seen.append(optimizer.param_groups[0]["lr"])
+            totals.append(bars[0].training_bar.total)
+
+    trainer.add_callback(Watch())
+    trainer.train()
+    plan = budget.decision["planned_steps"]
+    # 60 s - 10 s before training - the final work (5 s of margin, evaluations of ~0 s) = 45 s, less the safety
+    # factor's share and the planner's own evaluation step: about 43 steps of 1 s
+    assert 40 <= plan <= 45 and trainer.state.global_step == plan == budget.schedule.total_steps
+    assert budget.eval_seconds and budget.eval_seconds[0] < 5  # the trainer's eval_runtime, not the fake clock
+    assert totals[0] is None and totals[-1] == plan  # no made-up total before the first estimate
+    assert trainer.lr_scheduler.lr_lambdas[0] is budget.schedule
+    assert lr_seen[0] < lr_seen[5] == pytest.approx(1e-3) and lr_seen[-1] < 1e-4  # warm-up, stable, decayed
+    assert trainer.args.max_steps == -1 != UNBOUNDED_STEPS
+    trainer.save_model(str(tmp_path / "final"))
+    assert torch.load(tmp_path / "final" / "training_args.bin", weights_only=False).max_steps == -1

@@ -65,11 +65,16 @@ def test_consistency_interval():
 
 @needs_data
 def test_consistency_score_equals_one_item_at_a_time(trained):
-    """The batched score equals scoring every continuation alone, token by token from the logits."""
+    """The batched score (rows sorted by length, the head only where a continuation token is predicted) equals
+    scoring every continuation alone, token by token from the full logits."""
+    from tinygpt.consistency import continuation_logprobs
+
     model, tokenizer = AutoModelForCausalLM.from_pretrained(trained), AutoTokenizer.from_pretrained(trained)
-    items = load_items()[:12]  # generated items: their prefixes are longer than the tiny model's 64 positions
+    items = load_items()[:12] + load_items()[-12:]  # generated items (longer than 64 positions), hand-written ones
     result = evaluate_consistency(model, tokenizer, items)
-    right = 0
+    pairs = [(item["prefix"], " " + choice) for item in items for choice in (item["right"], item["wrong"])]
+    batched = continuation_logprobs(model, tokenizer, pairs, batch_size=5)  # batches of mixed lengths, padded
+    right, alone = 0, []
     for item in items:
         scores = []
         for choice in (item["right"], item["wrong"]):
@@ -80,7 +85,9 @@ def test_consistency_score_equals_one_item_at_a_time(trained):
             n = len(continuation)
             scores.append(sum(logprobs[-n + i, token].item() for i, token in enumerate(continuation)))
         right += scores[0] >= scores[1]
-    assert result["correct"] == right and result["items"] == 12 and result["accuracy"] == right / 12
+        alone += scores
+    assert batched == pytest.approx(alone, rel=1e-4, abs=1e-4)
+    assert result["correct"] == right and result["items"] == 24 and result["accuracy"] == right / 24
 
 
 def test_bits_per_byte_counts_every_token_once_and_the_bytes_of_the_stories():

@@ -116,10 +116,24 @@ def test_no_request_makes_the_server_load_another_model_or_unload_its_own(served
     assert client.completions.create(model=folder, prompt=PROMPT, max_tokens=3).usage.completion_tokens == 3
 
 
-def test_chat_is_refused_with_a_pointer_to_completions(served):
+def test_chat_and_the_other_generation_routes_are_refused_with_a_pointer_to_completions(served):
+    """A 400 in OpenAI's shape, never a 500 from deep inside transformers' handlers, and serving goes on."""
+    import urllib.error
+    import urllib.request
+
     folder, client = served
     with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
         client.chat.completions.create(model=folder, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="/v1/responses is not served"):
+        client.responses.create(model=folder, input="Once upon a time")
+    base = str(client.base_url).removesuffix("/v1/")
+    for path in ("/v1/systemone", "/v1/audio/transcriptions"):
+        request = urllib.request.Request(base + path, data=b'{"model": "x"}', headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400, path
+        assert "use /v1/completions" in json.loads(refused.value.read())["error"]["message"]
+    assert client.completions.create(model=folder, prompt=PROMPT, max_tokens=3).usage.completion_tokens == 3
 
 
 def test_export_gpt_neo_gives_a_native_folder_with_the_same_logits(tmp_path):

@@ -85,7 +85,7 @@ def test_a_time_budget_ends_the_run_in_time_with_its_schedule_complete(corpus, t
     speed = summary["throughput"]  # the run's model FLOP/s against this machine's matmul peak
     assert speed["tokens_per_s"] > 0 and 0 < speed["share_of_peak"] < 1.5 and speed["precision"] == "float32"
     assert summary["environment"]["cpu"] and summary["environment"]["fast_bfloat16"] in (True, False)
-    assert summary["environment"]["tinygpt"] and summary["hyperparameters"]["max_steps"] is None  # no placeholder
+    assert summary["environment"]["tinygpt"] and summary["hyperparameters"]["max_steps"] == -1  # unset, no placeholder
     assert str(tmp_path) not in json.dumps(summary) and "--train_file <train_file>" in summary["command"]
 
 

@@ -16,6 +16,11 @@ flattens a little), so the run ends in time with its schedule complete and the b
 `Schedule` is the learning-rate factor of every run (timed or not): transformers' schedules (`get_scheduler`),
 rebuilt when the planned step count changes. For warmup_stable_decay, `lr_scheduler_kwargs` may give the decay
 as a share of the steps, {"decay_ratio": 0.2}, instead of transformers' absolute `num_decay_steps`.
+
+A `TimeBudget` owns the Schedule it plans and is attached to a trainer with one call, `budget.attach(trainer)`:
+the trainer then trains by that schedule, the budget measures and plans from Trainer's callback events (the
+evaluation's cost from the `eval_runtime` metric, so the callbacks may run in any order), and the progress bar
+shows the plan.
 """
 
 import functools
@@ -26,6 +31,7 @@ import statistics
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback, get_scheduler
 from transformers.trainer_callback import ProgressCallback
 
@@ -38,8 +44,9 @@ SAFETY = 0.985  # share of the remaining time that is planned; the rest absorbs 
 # peak over the first 15% (a factor 0.95 there), so waiting costs nothing.
 SETTLED = 0.15
 GROW = 1.01  # a fixed plan grows only for more than 1% more steps: noise in the step times does not move it
-# Trainer's max_steps while a budget without --max_steps plans the run: it only bounds the data loader's epochs,
-# and saved summaries record no step limit in its place (transformers has no "until a callback stops" setting).
+# Trainer's max_steps while a budget without --max_steps plans the run (transformers has no "until a callback
+# stops" setting; a dataset without a length needs a step count when Trainer is built): Trainer reads it to size
+# its loop, then the budget puts the user's value (-1, unset) back, so no saved file records it.
 UNBOUNDED_STEPS = 10_000_000
 
 
@@ -60,9 +67,12 @@ _IMPORTED = time.time()
 @functools.lru_cache(maxsize=64)
 def _library_factor(name: str, warmup: int, total: int, kwargs_json: str):
     """The learning-rate factor function of transformers' schedule `name` for these step counts."""
-    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    # Missing hook: transformers exposes its schedules only as LambdaLR objects over an optimizer (get_scheduler);
+    # the factor functions inside are private (_get_*_lr_lambda). A one-parameter optimizer that nothing steps
+    # carries them out, so a re-planned step count needs no new scheduler on the real optimizer.
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     kwargs = json.loads(kwargs_json)
-    return get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total,
+    return get_scheduler(name, probe, num_warmup_steps=warmup, num_training_steps=total,
                          scheduler_specific_kwargs=kwargs).lr_lambdas[0]
 
 
@@ -76,9 +86,13 @@ class Schedule:
         self.planned = False  # True once a time budget has fixed total_steps
         self._factor(0)  # unknown names and bad kwargs fail here, before training starts
 
+    @classmethod
+    def of(cls, args) -> "Schedule":
+        """The schedule TrainingArguments name; its step count is set when training starts (or by a budget)."""
+        return cls(args.lr_scheduler_type, args.warmup_steps, max(1, args.max_steps), args.lr_scheduler_kwargs)
+
     def warmup_steps(self, total: int | None = None) -> int:
-        total = self.total_steps if total is None else total
-        return math.ceil(self.warmup * total) if 0 < self.warmup < 1 else int(self.warmup)
+        return steps_of(self.warmup, self.total_steps if total is None else total)
 
     def decay_start(self, total: int) -> int:
         """The first step whose learning rate depends on `total`."""
@@ -103,24 +117,23 @@ class Schedule:
 
 
 class TimeBudget(TrainerCallback):
-    """Plans the number of training steps so that the run, final work included, ends by `deadline`.
+    """Plans the number of training steps of `schedule` so that the run, final work included, ends within
+    `budget_s` seconds of `started` (the process start).
 
     final_share: how many times the final evaluation's data is that of an evaluation during training (by bytes).
     max_steps: a step count the user gave as well (`--time_budget` with `--max_steps`): the run stops at the
     smaller of the two, and its schedule ends there.
     calibration_steps: steps timed before the first plan (the first two, which may compile, are not counted);
     an evaluation is run right after them, so its cost is measured before the plan is fixed.
-    The schedule is the trainer's (`lr_scheduler.lr_lambdas[0]`, a `Schedule`), reached through the callback
-    arguments. Set `progress` to Trainer's ProgressCallback to have its bar show the estimated, then planned, steps.
     clock: the wall clock in seconds (`time.time`; the tests give a fake one).
     """
 
-    def __init__(self, started: float, budget_s: float, final_share: float, calibration_steps: int = 8,
-                 margin_s: float = 10.0, max_steps: int | None = None, clock=time.time):
+    def __init__(self, schedule: Schedule, started: float, budget_s: float, final_share: float,
+                 calibration_steps: int = 8, margin_s: float = 10.0, max_steps: int | None = None, clock=time.time):
+        self.schedule = schedule
         self.started, self.budget_s, self.final_share, self.clock = started, budget_s, final_share, clock
         self.max_steps = max_steps  # an explicit --max_steps: the plan never exceeds it
         self.calibration_steps, self.margin_s = calibration_steps, margin_s
-        self.progress: ProgressCallback | None = None
         self.step_seconds: list[float] = []  # between the ends of consecutive steps with nothing else between
         self.eval_seconds: list[float] = []  # the evaluation loop of an evaluation during training
         self.event_seconds: list[float] = []  # a step with an evaluation (and samples, saving) after it
@@ -128,14 +141,30 @@ class TimeBudget(TrainerCallback):
         self._last_end: float | None = None
         self._eval_loop: float | None = None
 
+    def attach(self, trainer) -> None:
+        """Plan `trainer`'s run (a TinyGPTTrainer, not yet trained): it trains by this budget's schedule until the
+        plan ends, and its progress bar shows the plan."""
+        trainer.schedule = self.schedule
+        trainer.add_callback(self)
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(PlannedProgress())
+
     # ---- measuring
 
-    def on_evaluate(self, args, state, control, **kwargs):
-        # Registered before the sample stories, so this is the evaluation loop alone.
-        if self._last_end is not None and self._eval_loop is None:
-            self._eval_loop = self.clock() - self._last_end
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.max_steps == UNBOUNDED_STEPS:
+            args.max_steps = -1  # Trainer has sized its loop; what is saved is the user's setting
+        if self.schedule.planned:
+            state.max_steps = self.schedule.total_steps  # a resumed run: its plan, restored with the scheduler
 
-    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._last_end is None or self._eval_loop is not None:
+            return
+        runtime = next((value for key, value in (metrics or {}).items() if key.endswith("_runtime")), None)
+        # the evaluation loop alone, as the trainer timed it; without that, all since the last step
+        self._eval_loop = runtime if runtime is not None else self.clock() - self._last_end
+
+    def on_step_end(self, args, state, control, **kwargs):
         now = self.clock()
         if self._last_end is not None:
             if self._eval_loop is None:
@@ -144,17 +173,16 @@ class TimeBudget(TrainerCallback):
                 self.eval_seconds.append(self._eval_loop)
                 self.event_seconds.append(now - self._last_end)
         self._last_end, self._eval_loop = now, None
-        schedule = lr_scheduler.lr_lambdas[0]
-        if schedule.planned:
+        if self.schedule.planned:
             if len(self.step_seconds) > 2 and self.event_seconds and state.global_step % 10 == 0:
-                self._refit(args, state, lr_scheduler, schedule)
-            control.should_training_stop = control.should_training_stop or state.global_step >= schedule.total_steps
+                self._refit(args, state)
+            control.should_training_stop = control.should_training_stop or state.global_step >= self.schedule.total_steps
             return
         timed = len(self.step_seconds) - 1  # the first interval may hold compilation
         if timed == self.calibration_steps and not self.eval_seconds:
             control.should_evaluate = True  # measure what an evaluation costs before planning with it
         if timed >= self.calibration_steps and self.eval_seconds:
-            self._plan(args, state, control, lr_scheduler, schedule)
+            self._plan(args, state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
         if "first_planned_steps" in self.decision:
@@ -178,7 +206,7 @@ class TimeBudget(TrainerCallback):
         left = (self.started + self.budget_s - self.clock() - final_s) * SAFETY
 
         def evals(total: int) -> int:  # evaluations still to come: at the multiples of the evaluation interval
-            every = max(1, _every(args.eval_steps, total))
+            every = max(1, steps_of(args.eval_steps, total))
             return total // every - state.global_step // every
 
         # the most steps that fit in the time left, less as many as the evaluations among them need
@@ -189,29 +217,27 @@ class TimeBudget(TrainerCallback):
             total -= 1
         return total, step_s, event_s, final_s
 
-    def _plan(self, args, state, control, lr_scheduler, schedule: Schedule) -> None:
+    def _plan(self, args, state, control) -> None:
         total, step_s, event_s, final_s = self._fit(args, state)
-        self._set_total(args, state, lr_scheduler, schedule, total)
-        if total <= state.global_step or state.global_step >= max(schedule.decay_start(total), SETTLED * total):
-            schedule.planned = True
+        self._set_total(args, state, total)
+        if total <= state.global_step or state.global_step >= max(self.schedule.decay_start(total), SETTLED * total):
+            self.schedule.planned = True
             self._report(state, total, step_s, event_s, final_s)
             control.should_training_stop = total <= state.global_step
 
-    def _refit(self, args, state, lr_scheduler, schedule: Schedule) -> None:
+    def _refit(self, args, state) -> None:
         total = max(state.global_step, self._fit(args, state)[0])
-        if total < schedule.total_steps or total > GROW * schedule.total_steps:
-            self._set_total(args, state, lr_scheduler, schedule, total)
+        if total < self.schedule.total_steps or total > GROW * self.schedule.total_steps:
+            self._set_total(args, state, total)
             self.decision.setdefault("first_planned_steps", self.decision.get("planned_steps"))
             self.decision.update(planned_steps=total, last_refitted_at_step=state.global_step)
 
-    def _set_total(self, args, state, lr_scheduler, schedule: Schedule, total: int) -> None:
-        schedule.total_steps = total
-        state.max_steps = total
+    def _set_total(self, args, state, total: int) -> None:
+        # The step after this one already has its learning rate (the scheduler stepped before the callbacks): it is
+        # the old plan's, which differs from the new one's by at most a step's worth of the decay.
+        self.schedule.total_steps = total
+        state.max_steps = total  # the progress bar's total: the current estimate, then the plan
         state.compute_steps(args, total)  # eval/save/logging steps given as a share of the run
-        if self.progress is not None and self.progress.training_bar is not None:
-            self.progress.training_bar.total = total  # the current estimate, then the plan
-        for group, lr in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs):
-            group["lr"] = lr * schedule(state.global_step)  # the coming step follows the new plan
 
     def _report(self, state, total, step_s, event_s, final_s) -> None:
         spent = self.clock() - self.started
@@ -224,5 +250,26 @@ class TimeBudget(TrainerCallback):
               f"evaluation and saving -> {total:,} steps in all", flush=True)
 
 
-def _every(steps, total) -> int:
-    return math.ceil(steps * total) if steps < 1 else int(steps)
+def steps_of(value: float, total: int) -> int:
+    """A step count given as TrainingArguments allow (warmup_steps, eval_steps): a share of the run if below 1."""
+    return math.ceil(value * total) if 0 < value < 1 else int(value)
+
+
+class PlannedProgress(ProgressCallback):
+    """Trainer's progress bar with the budget's plan as its total: none while the first steps are measured (the
+    placeholder step limit is no plan), then the estimate, then the plan as it follows the machine's speed."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # ProgressCallback's bar, created with the plan's total (or none)
+            self.training_bar = tqdm(total=self._total(state), dynamic_ncols=True)
+        self.current_step = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None and self.training_bar.total != self._total(state):
+            self.training_bar.total = self._total(state)
+            self.training_bar.refresh()
+        super().on_step_end(args, state, control, **kwargs)
+
+    @staticmethod
+    def _total(state) -> int | None:
+        return None if state.max_steps in (UNBOUNDED_STEPS, 0) else state.max_steps

@@ -58,25 +58,39 @@ def _pair_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], li
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
     """Summed log-probability of each continuation given its context. Where the two do not fit in the model's
     positions the context is cut from the left as lm-eval cuts it: the last positions + 1 tokens of context and
-    continuation, less the last one (which is only predicted, never an input)."""
+    continuation, less the last one (which is only predicted, never an input).
+
+    Rows are batched by length (little padding), and the output head runs only where a continuation token is
+    predicted: a fraction of the positions, so scoring costs about what evaluating the same text does, which is
+    how a time budget estimates it."""
     limit = model.config.max_position_embeddings
     encoded = []  # (input ids, continuation ids): the input's last len(continuation) positions predict it
     for context, continuation in pairs:
         ctx, cont = _pair_ids(tokenizer, context, continuation)
         encoded.append(((ctx + cont)[-(limit + 1):][:-1], cont))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     collate = CausalLMCollator(tokenizer.eos_token_id)
-    scores = []
+    head = model.get_output_embeddings()
+    scores = [0.0] * len(encoded)
     with evaluating(model):
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start:start + batch_size]
-            padded = collate([{"input_ids": r} for r, _ in batch])
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            padded = collate([{"input_ids": encoded[i][0]} for i in batch])
             mask = padded.get("attention_mask")  # none when the rows are equally long
-            logits = model(input_ids=padded["input_ids"].to(model.device),
-                           attention_mask=None if mask is None else mask.to(model.device)).logits  # (B, T, V)
-            for row, (inputs, cont) in enumerate(batch):
-                positions = torch.arange(len(inputs) - len(cont), len(inputs), device=model.device)
-                logprobs = logits[row, positions].float().log_softmax(-1)  # only where a continuation token is
-                scores.append(float(logprobs[torch.arange(len(cont)), torch.tensor(cont, device=model.device)].sum()))
+            hidden = model.base_model(input_ids=padded["input_ids"].to(model.device),
+                                      attention_mask=None if mask is None else mask.to(model.device))[0]  # (B, T, C)
+            rows, positions, targets = [], [], []
+            for row, i in enumerate(batch):
+                inputs, cont = encoded[i]
+                rows += [row] * len(cont)
+                positions += range(len(inputs) - len(cont), len(inputs))
+                targets += cont
+            rows = torch.tensor(rows, device=model.device)
+            logprobs = head(hidden[rows, positions]).float().log_softmax(-1)  # (N, V): continuation tokens only
+            picked = logprobs[torch.arange(len(targets)), torch.tensor(targets, device=model.device)]
+            sums = torch.zeros(len(batch), device=model.device).index_add_(0, rows, picked)
+            for i, total in zip(batch, sums.tolist()):
+                scores[i] = total
     return scores
 
 

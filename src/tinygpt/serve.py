@@ -16,20 +16,17 @@ serving`); this module adds what a story model needs on top:
 - requests checked against the model before any work: a prompt or `max_tokens` past the model's positions, or a
   negative temperature, is answered 400 with a message naming the problem (transformers would let generate() fail
   deep inside, or silently clamp), and the server goes on serving;
-- `/v1/chat/completions` refused with a 400 that says to use `/v1/completions` (a story model has no chat
-  template);
+- every other generation route (`/v1/chat/completions`, `/v1/responses`, `/v1/systemone`,
+  `/v1/audio/transcriptions`) refused with a 400 that says to use `/v1/completions`: a story model has no chat
+  template, no typed decisions and no audio, and transformers' handlers would fail inside with a 500;
 - continuous batching on by default: on 2 CPU cores transformers' scheduler serves 16 concurrent requests 4.5-4.8x
   faster than one after another and matches it for a single user (BENCHMARKS.md, "Serving").
 """
 
 from fastapi import HTTPException
-from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelManager
-from transformers.cli.serving.response import ResponseHandler
 from transformers.cli.serving.server import build_server
-from transformers.cli.serving.systemone import SystemOneHandler
-from transformers.cli.serving.transcription import TranscriptionHandler
 from transformers.cli.serving.utils import GenerationState
 
 
@@ -93,10 +90,15 @@ def check_completion_request(body: dict, positions: int, tokenizer) -> None:
         raise HTTPException(status_code=400, detail=f"top_p must be at most 1, got {body['top_p']!r}")
 
 
-class NoChatHandler(ChatCompletionHandler):
-    async def handle_request(self, body: dict, request_id: str):
-        raise HTTPException(status_code=400, detail="a TinyGPT model tells stories from a prompt and has no chat "
-                            "template: use /v1/completions")
+class CompletionsOnly:
+    """The handler of a route this server does not serve for a story model: a 400 pointing to /v1/completions."""
+
+    def __init__(self, route: str, why: str):
+        self.route, self.why = route, why
+
+    async def handle_request(self, *request, **kwargs):
+        raise HTTPException(status_code=400, detail=f"{self.route} is not served: a TinyGPT model tells stories "
+                            f"from a prompt and has {self.why}; use /v1/completions")
 
 
 def build_app(model: str, *, continuous_batching: bool = True, device: str = "auto",
@@ -106,10 +108,12 @@ def build_app(model: str, *, continuous_batching: bool = True, device: str = "au
                                     continuous_batching=continuous_batching, force_model=model)
     state = GenerationState(continuous_batching=continuous_batching)
     handlers = dict(model_manager=manager, generation_state=state)
-    app = build_server(manager, NoChatHandler(**handlers), completion_handler=StoryCompletionHandler(**handlers),
-                       response_handler=ResponseHandler(**handlers),
-                       transcription_handler=TranscriptionHandler(manager, state),
-                       systemone_handler=SystemOneHandler(**handlers), generation_state=state)
+    app = build_server(manager, CompletionsOnly("/v1/chat/completions", "no chat template"),
+                       completion_handler=StoryCompletionHandler(**handlers),
+                       response_handler=CompletionsOnly("/v1/responses", "no chat template"),
+                       transcription_handler=CompletionsOnly("/v1/audio/transcriptions", "no audio input"),
+                       systemone_handler=CompletionsOnly("/v1/systemone", "no typed-decision head"),
+                       generation_state=state)
     app.add_exception_handler(HTTPException, openai_error)
     # The model is pinned (the handlers refuse other names): /load_model would read any folder or Hub id a client
     # names, /reset would unload the model for everyone; neither is a client's to call.

@@ -88,7 +88,6 @@ class RunSummary:
         import torch
         import transformers
 
-        from .budget import UNBOUNDED_STEPS
         from .parameters import parameter_table
         from .throughput import machine
 
@@ -109,8 +108,7 @@ class RunSummary:
                       "resumed_from": checkpoint and Path(checkpoint).name, "bf16": args.bf16, "world_size": args.world_size},
             eval=metrics, consistency=consistency, time_budget=time_budget, samples=samples, shape=shape,
             throughput=step_timer.report(model, tokens_per_step * block_size, block_size, args.bf16) if step_timer else {},
-            hyperparameters={k: (None if k == "max_steps" and v == UNBOUNDED_STEPS else v)
-                             for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
+            hyperparameters={k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
             environment={"tinygpt": _version(), "git_commit": _git_commit(), "torch": torch.__version__,
                          "transformers": transformers.__version__,
                          "python": platform.python_version(), "cuda": torch.cuda.is_available(), **machine()})

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .data import iter_stories
+from .evaluation import utf8_bytes
 
 DEFAULT_SOURCE = "EleutherAI/gpt-neo-125M"
 EOT = "<|endoftext|>"
@@ -270,7 +271,7 @@ def coverage_report(stories, source_tokenizer: Tokenizer, counts: np.ndarray, bu
     order = np.argsort(-counts, kind="stable")
     words = Counter(word for story in stories for word in story.split())
     word_ids = [e.ids for e in source_tokenizer.encode_batch([" " + w for w in words], add_special_tokens=False)]
-    total_bytes = sum(len(story.encode("utf-8")) for story in stories)
+    total_bytes = utf8_bytes(stories)
     report = {"corpus": {"stories": len(stories), "bytes": total_bytes, "words": sum(words.values()),
                          "gpt_neo_tokens": int(counts.sum()),
                          "distinct_gpt_neo_tokens": int((counts > 0).sum())},

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, HfArgumentParser, Trainer, TrainingArguments, set_seed
-from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import parse_arguments_or_exit
@@ -51,7 +50,7 @@ RECIPES = {
         "--learning_rate", "4e-3", "--warmup_steps", "30", "--lr_scheduler_type", "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"decay_ratio": 0.3}',
         "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
-        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "128x8,160x8,192x8",
+        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "96x6,128x8,160x8",
         "--zero_init_residual", "--embedding_lr_multiplier", "3"]},
 }
 
@@ -253,6 +252,7 @@ class TinyGPTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.block_size = block_size
         self.started = process_start_time() if started is None else started
+        self.schedule = Schedule.of(self.args)  # a TimeBudget attached to this trainer gives its own
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Every log entry also carries the seconds since the process started (loss against wall time)."""
@@ -271,18 +271,19 @@ class TinyGPTTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
-            schedule = Schedule(self.args.lr_scheduler_type, self.args.warmup_steps, num_training_steps,
-                                self.args.lr_scheduler_kwargs)
-            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, schedule)
-            self._created_lr_scheduler = True
+            if not self.schedule.planned:
+                self.schedule.total_steps = num_training_steps
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.schedule)
         return self.lr_scheduler
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         data = self.eval_dataset if eval_dataset is None else eval_dataset
+        began = time.time()
         result = evaluate_texts(self.model, self.processing_class, (row["text"] for row in data), self.block_size,
                                 self.args.per_device_eval_batch_size, progress=not self.args.disable_tqdm)
         metrics = {f"{metric_key_prefix}_{name}": result[name] for name in ("loss", "perplexity", "bits_per_byte")}
         metrics[f"{metric_key_prefix}_stories"] = result["stories"]
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - began, 3)  # as Trainer's own evaluate reports it
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
@@ -309,14 +310,14 @@ def run_training(argv: list[str]) -> dict:
     validation = raw["validation"]
     during = validation.take(data_args.eval_subset_stories) if data_args.eval_subset_stories else validation
     samples = SampleStoriesCallback(tokenizer, model_args.sample_prompts, model_args.sample_max_new_tokens)
-    budget = _time_budget(args, started, validation, during)
     timer = StepTimer()
+    budget = _time_budget(args, started, validation, during)
     trainer = TinyGPTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=during, block_size=block_size, started=started,
         data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[CheckpointCompleteCallback(), timer] + ([budget] if budget else []) + [samples])
+        callbacks=[CheckpointCompleteCallback(), timer, samples])
     if budget:
-        budget.progress = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
+        budget.attach(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate(validation)  # all of it, as `tinygpt eval` does
     model.config.use_cache = True  # Trainer turns the cache off for training; generation wants it back
@@ -357,14 +358,14 @@ def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
     if args.time_budget <= 0:
         raise ValueError(f"--time_budget must be a positive number of minutes, got {args.time_budget}")
     # An explicit --max_steps caps the plan (whatever the command line says wins over a recipe's budget);
-    # without one the budget alone decides, and this only bounds the data loader's epochs.
+    # without one the budget alone decides, and Trainer is built with the placeholder (budget.UNBOUNDED_STEPS).
     cap = args.max_steps if args.max_steps > 0 else None
     if cap is None:
         args.max_steps = UNBOUNDED_STEPS
     # the final work evaluates all validation stories, then the consistency items (both forward passes only)
     items = 2 * utf8_bytes(item["prefix"] + " " + item["right"] for item in load_items())
     share = (_bytes(validation) + items) / max(1, _bytes(during))
-    return TimeBudget(started, args.time_budget * 60, final_share=share, max_steps=cap)
+    return TimeBudget(Schedule.of(args), started, args.time_budget * 60, final_share=share, max_steps=cap)
 
 
 def _bytes(texts) -> int:
