@@ -196,8 +196,11 @@ def token_dtype(vocab_size: int) -> str:
 
 
 def story_ids(tokenizer, texts) -> list[list[int]]:
-    """Each story's tokens followed by <|endoftext|>, as the model reads stories in training and evaluation."""
-    return [row + [tokenizer.eos_token_id] for row in tokenizer(list(texts), add_special_tokens=False).input_ids]
+    """Each story's tokens followed by <|endoftext|>, as the model reads stories in training and evaluation.
+    Stories longer than the model's positions are expected here (they are packed into blocks, not truncated), so
+    the tokenizer's warning about them is off."""
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False).input_ids
+    return [row + [tokenizer.eos_token_id] for row in ids]
 
 
 def pack(rows: Iterable[list[int]], block_size: int, keep_tail: bool = False) -> list[list[int]]:
