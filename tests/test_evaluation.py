@@ -96,7 +96,7 @@ def test_bits_per_byte_counts_every_token_once_and_the_bytes_of_the_stories():
     class Chars:  # a character-level "tokenizer" over the tiny vocabulary
         eos_token_id = 96
 
-        def __call__(self, texts, add_special_tokens=False):
+        def __call__(self, texts, add_special_tokens=False, **kwargs):  # the keywords of an HF tokenizer call
             return type("Encoding", (), {"input_ids": [[ord(c) % 96 for c in text] for text in texts]})
 
     texts = ["abcdefghij" * 5, "héllo wörld", "x" * 70]
