@@ -19,19 +19,16 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer, HfArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import free_port, running_server  # noqa: E402  (one way to start a server and wait for it)
-
-from tinygpt import TinyGPTConfig, TinyGPTForCausalLM  # noqa: E402
-from tinygpt.convert import export_gpt_neo  # noqa: E402
-from tinygpt.throughput import machine  # noqa: E402
+from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.convert import export_gpt_neo
+from tinygpt.processes import free_port, running_server
+from tinygpt.throughput import machine
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.processes import free_port, running_server  # noqa: F401  (the tests' one way to run a server)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"
@@ -73,43 +74,6 @@ def run_python(code: str, *, block_tinygpt: bool, cwd, timeout: int = 300) -> st
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f"subprocess failed:\n{proc.stderr[-4000:]}"
     return proc.stdout
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def running_server(command, url: str, env=None, cwd=None, timeout: float = 120):
-    """Start a server process offline, wait (bounded) until `url` answers, yield, and stop it afterwards."""
-    import subprocess
-    import tempfile
-    import time
-    import urllib.request
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
-    server = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                server.kill()
-                log.seek(0)
-                raise AssertionError(f"the server did not start: {log.read()[-3000:]}")
-            time.sleep(0.5)
-    try:
-        yield server
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def write_stories(path: Path, stories) -> Path:

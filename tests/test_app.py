@@ -2,7 +2,6 @@
 and a real headless Chromium."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -154,6 +153,21 @@ def test_stop_ends_one_story_and_not_the_others_in_its_batch(tiny_model_dir):
     _, other_updates = _story(other)
     _story(busy)
     assert stopped_updates <= 5 and other_updates >= 30  # (updates skip half characters: a few fewer than tokens)
+
+
+def test_example_prompts_are_the_ones_the_models_training_sampled(tmp_path):
+    from tinygpt.app import example_prompts
+    from tinygpt.training import DEFAULT_PROMPTS
+
+    trained, other, bare = tmp_path / "trained", tmp_path / "other", tmp_path / "bare"
+    for folder, prompts in [(trained, DEFAULT_PROMPTS), (other, ["Tom had a red ball. One day,", "A cat"])]:
+        folder.mkdir()
+        samples = [{"prompt": p, "story": p + " ..."} for p in prompts]
+        (folder / "training_summary.json").write_text(json.dumps({"samples": samples}))
+    bare.mkdir()
+    assert example_prompts([str(trained)]) == DEFAULT_PROMPTS
+    assert example_prompts([str(trained), str(other), str(bare)]) == [*DEFAULT_PROMPTS, "A cat"]
+    assert example_prompts([str(bare)]) == ["Once upon a time"]
 
 
 def test_stop_cancels_a_story_and_the_app_serves_the_next(app_url):

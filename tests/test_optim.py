@@ -86,3 +86,43 @@ def test_muon_with_adamw_state_round_trip():
     one_step(copy, resumed, 2)
     for (name, p), q in zip(model.named_parameters(), copy.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_a_scheduler_drives_both_optimizers_after_a_state_load():
+    """Loading a state (accelerate does it once when Trainer prepares the optimizer, and every resume does) gives
+    the inner optimizers new param groups: a learning-rate scheduler on MuonWithAdamW must still set the rate that
+    Muon and AdamW apply. Factor 0 -> no parameter moves."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    weight, bias = torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Parameter(torch.randn(8))
+    optimizer = MuonWithAdamW([weight], [{"params": [bias], "weight_decay": 0.1, "lr": 1e-2}], lr=1e-2,
+                              weight_decay=0.1)
+    optimizer.load_state_dict(optimizer.state_dict())
+    LambdaLR(optimizer, lambda step: 0.0)
+    before = [weight.detach().clone(), bias.detach().clone()]
+    weight.grad, bias.grad = torch.randn(8, 8), torch.randn(8)
+    optimizer.step()
+    assert optimizer.muon.param_groups[0]["lr"] == optimizer.adamw.param_groups[0]["lr"] == 0.0
+    torch.testing.assert_close([weight.detach(), bias.detach()], before, rtol=0, atol=0)
+
+
+def test_trainers_learning_rate_schedule_reaches_muon_and_adamw(tmp_path):
+    """Through Trainer (which hands the optimizer to accelerate): a warm-up starts at factor 0, so the first step
+    of a --muon run must leave every weight where it was."""
+    from datasets import Dataset
+
+    from tinygpt.data import CausalLMCollator
+    from tinygpt.training import TinyGPTTrainer, TinyGPTTrainingArguments
+
+    model = tiny_model().train()
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    blocks = Dataset.from_dict({"input_ids": torch.randint(0, 96, (8, 16)).tolist()})
+    args = TinyGPTTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-2,
+                                    max_steps=1, lr_scheduler_type="constant_with_warmup", warmup_steps=100,
+                                    muon=True, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = TinyGPTTrainer(model=model, args=args, train_dataset=blocks, block_size=16,
+                             data_collator=CausalLMCollator(96))
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, MuonWithAdamW)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), initial[name], rtol=0, atol=0, msg=name)

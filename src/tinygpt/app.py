@@ -14,6 +14,7 @@ operator chose them), so the same file runs as the `app.py` of a Space: `tinygpt
 
 import collections
 import functools
+import json
 import os
 import queue
 import threading
@@ -24,12 +25,12 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, 
                           RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.generation.streamers import BaseStreamer
+from transformers.utils import cached_file
 
 MODEL_ENV = "TINYGPT_MODEL"
 MAX_PROMPT_CHARS = 10_000  # far more than any model's positions hold; refused before it is tokenized
 MAX_BATCH = 8  # visitors whose stories are decoded together (BENCHMARKS.md, "Serving": the playground)
-EXAMPLE_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because",
-                   "Tom had a red ball. One day,"]
+SUMMARY_FILE = "training_summary.json"  # written by train_hf.py next to the weights, published with them
 
 
 def operator_models(models=None) -> list[str]:
@@ -226,6 +227,18 @@ def write_story(served: dict, model, prompt, max_new_tokens, temperature, top_k,
         visitor.stop.set()
 
 
+def example_prompts(models) -> list[str]:
+    """The prompts each model's training sampled its stories for (its training_summary.json, so a visitor can try
+    what the run's record shows), in order without repeats; "Once upon a time" for models without a summary."""
+    prompts = []
+    for model in models:
+        path = cached_file(model, SUMMARY_FILE, _raise_exceptions_for_missing_entries=False)
+        if path:
+            with open(path, encoding="utf-8") as f:
+                prompts += [s["prompt"] for s in json.load(f).get("samples", []) if s.get("prompt")]
+    return list(dict.fromkeys(prompts)) or ["Once upon a time"]
+
+
 def sampling_defaults(model) -> dict:
     """The sliders' starting values: the model's generation_config (what training saved), where it samples."""
     config = model.generation_config
@@ -254,7 +267,7 @@ def build_app(models=None, max_batch: int = MAX_BATCH) -> gr.Blocks:
                                            interactive=len(served) > 1, allow_custom_value=False)
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Once upon a time", elem_id="prompt",
                                     max_length=MAX_PROMPT_CHARS)
-                gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
+                gr.Examples(example_prompts(served), inputs=prompt, label="Example prompts")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")

@@ -251,7 +251,9 @@ class TimeBudget(TrainerCallback):
 
 
 def steps_of(value: float, total: int) -> int:
-    """A step count given as TrainingArguments allow (warmup_steps, eval_steps): a share of the run if below 1."""
+    """A step count given as TrainingArguments allow (warmup_steps, eval_steps): a share of the run if below 1.
+    transformers applies the same rule inside TrainingArguments.get_warmup_steps and TrainerState.compute_steps, but
+    neither takes a value and a step count alone (the budget asks it for step counts that Trainer never sees)."""
     return math.ceil(value * total) if 0 < value < 1 else int(value)
 
 

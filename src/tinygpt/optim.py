@@ -114,6 +114,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # Loading gives the inner optimizers new param-group dicts: share them again, or a scheduler on this
+        # optimizer would set learning rates that nothing reads (accelerate loads the state once when Trainer
+        # prepares the optimizer, so every run goes through here, not only a resumed one).
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
 def muon_parameter_names(model) -> set[str]:

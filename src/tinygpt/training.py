@@ -33,7 +33,9 @@ from .summary import RunSummary
 from .throughput import StepTimer
 from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, for_model, prune_tokenizer, train_tokenizer
 
-DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because"]
+# Sampled at every evaluation and kept in training_summary.json; the playground offers them as examples.
+DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because",
+                   "Tom had a red ball. One day,"]
 # How stories are sampled: saved in every trained model's generation_config.json, from which the sample stories
 # during training, `tinygpt generate` and the playground read it.
 STORY_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=200)
@@ -252,7 +254,7 @@ class TinyGPTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.block_size = block_size
         self.started = process_start_time() if started is None else started
-        self.schedule = Schedule.of(self.args)  # a TimeBudget attached to this trainer gives its own
+        self.schedule: Schedule | None = None  # a TimeBudget attached to this trainer gives its own
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Every log entry also carries the seconds since the process started (loss against wall time)."""
@@ -271,6 +273,8 @@ class TinyGPTTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
+            if self.schedule is None:  # no budget: the arguments' schedule over Trainer's step count
+                self.schedule = Schedule.of(self.args)
             if not self.schedule.planned:
                 self.schedule.total_steps = num_training_steps
             self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.schedule)
