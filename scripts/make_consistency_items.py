@@ -17,7 +17,10 @@ from the context cannot tell them apart, one that tracks the story can. Kinds:
 
 One item of each kind at most per story, from a prefix of at most `--max_prefix_chars` characters (so that it
 fits the models' context), chosen at random (seeded) among the story's candidates; then at most `--per_kind`
-items of each kind. The output is deterministic for the same stories and seed.
+items of each kind. A kind that is one fixed pair of answers ("allowed or refused": Yes or No) keeps as many items
+of each right answer: the stories say "Yes" about three times in four, so an unbalanced kind would score the
+model's preference for one word (a model that always prefers "Yes" scored 0.77, one that prefers "No" 0.23),
+not whether it tracks the story. The output is deterministic for the same stories and seed.
 """
 
 import argparse
@@ -136,6 +139,16 @@ def story_items(story_id: int, story: str, limit: int, rng: random.Random) -> li
     return [rng.choice(items) for kind, items in sorted(candidates.items()) if items]
 
 
+ONE_PAIR = {"allowed or refused": ("Yes", "No")}  # kinds whose right answer is always one of the same two words
+
+
+def balanced(items: list[dict], answers: tuple[str, ...]) -> list[dict]:
+    """As many items of each answer (the first of each, in the given order); none if an answer has none."""
+    by_answer = {answer: [item for item in items if item["right"] == answer] for answer in answers}
+    n = min(len(group) for group in by_answer.values())
+    return [item for group in by_answer.values() for item in group[:n]]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stories", type=Path, required=True, help="TinyStories .txt (stories end with <|endoftext|>)")
@@ -153,8 +166,11 @@ def main(argv=None) -> None:
     items = []
     for kind in sorted(by_kind):
         rng.shuffle(by_kind[kind])
-        items += sorted(by_kind[kind][: args.per_kind], key=lambda item: item["id"])
-        print(f"{kind}: {len(by_kind[kind]):,} candidates, {min(len(by_kind[kind]), args.per_kind):,} kept")
+        kept = by_kind[kind][: args.per_kind]
+        if kind in ONE_PAIR:
+            kept = balanced(kept, ONE_PAIR[kind])
+        items += sorted(kept, key=lambda item: item["id"])
+        print(f"{kind}: {len(by_kind[kind]):,} candidates, {len(kept):,} kept")
     args.out.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items), encoding="utf-8")
     print(f"{len(items):,} items -> {args.out}")
 

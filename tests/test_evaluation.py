@@ -30,6 +30,9 @@ def test_the_consistency_items():
         if item["kind"] in ("name reference", "who has what", "earlier object", "earlier colour"):
             # plausible on its own: the wrong word is in the story before the cut, as the right one is
             assert item["wrong"] in item["prefix"] and item["right"] in item["prefix"], item["id"]
+    # a Yes/No kind scores tracking, not a preference for one word: as many of each right answer
+    answers = [item["right"] for item in items if item["kind"] == "allowed or refused"]
+    assert answers.count("Yes") == answers.count("No") == len(answers) / 2 > 50
 
 
 def test_generated_items_come_from_stories_no_training_file_contains(tmp_path):
@@ -45,16 +48,23 @@ def test_generated_items_come_from_stories_no_training_file_contains(tmp_path):
     story = ("Once upon a time, there was a girl named Lily. She had a red ball. Lily had a friend named Tom. "
              "Tom had a blue kite. One day, Tom said, \"Can I play with the ball?\" Lily said, \"Yes, you can!\" "
              "Lily gave the ball to Tom. Tom played with the red ball and Lily flew Tom's kite.")
+    refused = "Sam saw a cake. Sam asked, \"May I eat the cake?\" Mom said, \"No, it is for the party.\" Sam was sad."
     stories = tmp_path / "stories.txt"
-    stories.write_text(story + "\n<|endoftext|>\n")
+    stories.write_text(story + "\n<|endoftext|>\n" + refused + "\n<|endoftext|>\n")
     out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     make_items.main(["--stories", str(stories), "--out", str(out_a)])
     make_items.main(["--stories", str(stories), "--out", str(out_b)])
     items = [json.loads(line) for line in out_a.read_text().splitlines()]
     assert out_a.read_text() == out_b.read_text() and len(items) >= 4
     for item in items:
-        assert story.startswith(item["prefix"]) and story[len(item["prefix"]):].lstrip().startswith(item["right"])
+        text = story if item["id"].startswith("valid-0-") else refused
+        assert text.startswith(item["prefix"]) and text[len(item["prefix"]):].lstrip().startswith(item["right"])
     assert {i["kind"] for i in items} >= {"allowed or refused", "name reference", "who has what", "earlier colour"}
+    assert sorted(i["right"] for i in items if i["kind"] == "allowed or refused") == ["No", "Yes"]  # one of each
+
+    stories.write_text(story + "\n<|endoftext|>\n")  # a Yes and no No: the kind would score a preference
+    make_items.main(["--stories", str(stories), "--out", str(out_a)])
+    assert "allowed or refused" not in out_a.read_text()
 
 
 def test_consistency_interval():

@@ -13,7 +13,7 @@ multiple-choice task (`acc` of the shipped `tinystories_consistency` task): cont
 part of the whole text, summed log-probabilities, no extra token before the prefix.
 
     from tinygpt.consistency import evaluate_consistency
-    evaluate_consistency(model, tokenizer)  # {"accuracy": 0.71, "interval": [0.69, 0.73], "items": 1475, "by_kind": ...}
+    evaluate_consistency(model, tokenizer)  # {"accuracy": 0.71, "interval": [0.69, 0.73], "items": 1316, "by_kind": ...}
 """
 
 import json
