@@ -42,6 +42,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="docs/cpu_recipes.png")
     parser.add_argument("--x", choices=["minutes", "tokens"], default="minutes",
                         help="minutes since the command started, or millions of tokens trained")
+    parser.add_argument("--ymax", type=float, default=None, help="top of the bits-per-byte axis (the first "
+                        "evaluation, of a barely trained model, otherwise sets the scale)")
     parser.add_argument("--title", default="held-out bits per byte against wall time (2 CPU cores)")
     args = parser.parse_args(argv)
 
@@ -57,6 +59,8 @@ def main(argv=None) -> None:
         axis.plot(where, bpb, "o-", label=f"{label}: {bpb[-1]:.3f}")
     xlabel = "minutes since the command started" if args.x == "minutes" else "millions of tokens trained"
     axis.set(xlabel=xlabel, ylabel="validation bits per byte", title=args.title)
+    if args.ymax:
+        axis.set_ylim(top=args.ymax)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
