@@ -37,7 +37,9 @@ def test_train_to_a_usable_model(corpus, tmp_path):
     assert summary["training"]["global_step"] == 12
     assert summary["eval"]["eval_bits_per_byte"] > 0 and summary["eval"]["eval_perplexity"] > 1
     assert summary["parameters"]["total"] == AutoModelForCausalLM.from_pretrained(out).num_parameters()
-    assert len(summary["samples"]) == 3 and "sample stories at step 6" in result.stdout
+    from tinygpt.training import DEFAULT_PROMPTS
+
+    assert [s["prompt"] for s in summary["samples"]] == DEFAULT_PROMPTS and "sample stories at step 6" in result.stdout
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "configuration_tinygpt.py"):
         assert (out / name).is_file(), name
