@@ -104,10 +104,10 @@ def test_visitors_together_get_the_stories_they_get_alone(app_url):
 
 
 def _visitor(tokenizer, prompt, seed, max_new_tokens):
-    from tinygpt.app import Visitor
+    from tinygpt.batching import Story
 
     settings = dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1)
-    return Visitor(tokenizer(prompt, return_tensors="pt").input_ids[0], settings, seed, max_new_tokens)
+    return Story(tokenizer(prompt, return_tensors="pt").input_ids[0], settings, seed, max_new_tokens)
 
 
 def _story(visitor, stop_after=None) -> tuple[str, int]:
@@ -122,7 +122,8 @@ def _story(visitor, stop_after=None) -> tuple[str, int]:
 
 
 def test_the_batcher_decodes_waiting_visitors_together_each_with_its_own_seed(tiny_model_dir):
-    from tinygpt.app import StoryBatcher, load
+    from tinygpt.app import load
+    from tinygpt.batching import StoryBatcher
 
     tokenizer, lm = load(tiny_model_dir)
     prompts = [("Once upon a time", 1, 20), ("Lily and Ben went to the park. They", 2, 12), ("The dog", 3, 30)]
@@ -142,7 +143,8 @@ def test_the_batcher_decodes_waiting_visitors_together_each_with_its_own_seed(ti
 
 
 def test_stop_ends_one_story_and_not_the_others_in_its_batch(tiny_model_dir):
-    from tinygpt.app import StoryBatcher, load
+    from tinygpt.app import load
+    from tinygpt.batching import StoryBatcher
 
     tokenizer, lm = load(tiny_model_dir)
     batcher = StoryBatcher(tokenizer, lm)
@@ -245,7 +247,8 @@ def test_space_folder(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "sdk: gradio" in readme and "app_file: app.py" in readme and "TINYGPT_MODEL: user/tiny-stories" in readme
     app_code = (tmp_path / "app.py").read_text()
-    assert "import tinygpt" not in app_code and "from tinygpt" not in app_code and "trust_remote_code=True" in app_code
+    assert "trust_remote_code=True" in app_code and (tmp_path / "batching.py").is_file()  # runs without tinygpt:
+    assert "tinygpt" not in (tmp_path / "batching.py").read_text().split('"""')[2]  # test_a_space_serves_only_...
     requirements = {Requirement(line).name: Requirement(line).specifier
                     for line in (tmp_path / "requirements.txt").read_text().split()}
     assert set(requirements) == {"torch", "transformers", "gradio"}

@@ -1,4 +1,4 @@
-"""`tinygpt serve` (transformers' OpenAI-compatible server) used as OpenAI users do, over HTTP on localhost with the
+"""`tinygpt serve` (the OpenAI-compatible completions server) used as OpenAI users do, over HTTP on localhost with the
 `openai` client; `tinygpt export gpt-neo`."""
 
 import json
@@ -28,7 +28,7 @@ def serve(folder, *options):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A tiny model (GPT-2's tokenizer, 64 positions) behind `tinygpt serve` (continuous batching, the default),
+    """A tiny model (GPT-2's tokenizer, 64 positions) behind `tinygpt serve` (requests batched, the default),
     and an OpenAI client for it."""
     folder = str(tmp_path_factory.mktemp("model"))
     saved_model_with_tokenizer(folder)
@@ -56,7 +56,7 @@ def test_a_story_and_a_streamed_story_are_generate_s(served):
 
 def test_one_request_after_another_gives_the_same_story(served):
     folder, _ = served
-    for client in serve(folder, "--continuous-batching", "off"):
+    for client in serve(folder, "--max-batch", "1"):
         reply = client.completions.create(model=folder, prompt=PROMPT, max_tokens=12, temperature=0)
         assert reply.choices[0].text == greedy(folder, 12)
         with pytest.raises(openai.BadRequestError, match="past the model's 64 positions"):
@@ -69,15 +69,19 @@ def test_without_max_tokens_a_story_stops_at_the_last_position(served):
     assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= 64
 
 
-def test_sixteen_concurrent_requests_are_all_answered(served):
+def test_sixteen_concurrent_requests_are_answered_each_as_it_would_be_alone(served):
+    """Requests decoded together keep their own seed, temperature and length."""
     folder, client = served
 
     def ask(seed):
-        return client.completions.create(model=folder, prompt=PROMPT, max_tokens=8, temperature=0.8, seed=seed)
+        return client.completions.create(model=folder, prompt=PROMPT[:4 + seed], max_tokens=4 + seed % 5,
+                                         temperature=0.5 + seed % 3 * 0.3, top_p=0.9, seed=seed)
 
     with ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(ask, range(16)))
-    assert all(r.usage.completion_tokens == 8 and r.choices[0].text for r in replies)
+        together = [r.choices[0].text for r in pool.map(ask, range(16))]
+    alone = [ask(seed) for seed in range(16)]
+    assert [r.usage.completion_tokens for r in alone] == [4 + seed % 5 for seed in range(16)]
+    assert together == [r.choices[0].text for r in alone] and len(set(together)) > 8
 
 
 @pytest.mark.parametrize("request_, message", [

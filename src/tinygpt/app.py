@@ -12,24 +12,21 @@ Self-contained (gradio, torch and transformers only, the models loaded with trus
 operator chose them), so the same file runs as the `app.py` of a Space: `tinygpt space` writes such a folder.
 """
 
-import collections
 import functools
 import json
 import os
-import queue
-import threading
 
 import gradio as gr
-import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList,
-                          RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList,
-                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import cached_file
+
+try:
+    from tinygpt.batching import MAX_BATCH, Story, StoryBatcher
+except ImportError:  # in a Space: `tinygpt space` copies batching.py beside this file
+    from batching import MAX_BATCH, Story, StoryBatcher
 
 MODEL_ENV = "TINYGPT_MODEL"
 MAX_PROMPT_CHARS = 10_000  # far more than any model's positions hold; refused before it is tokenized
-MAX_BATCH = 8  # visitors whose stories are decoded together (BENCHMARKS.md, "Serving": the playground)
 SUMMARY_FILE = "training_summary.json"  # written by train_hf.py next to the weights, published with them
 
 
@@ -49,132 +46,6 @@ def load(model: str):
     """Tokenizer and model of one operator-chosen folder or Hub id."""
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
     return tokenizer, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
-
-
-class Visitor:
-    """One story asked for: the prompt's ids (T,), its own sampling settings, seed and length, a Stop event, and
-    the queue its text arrives on (the story so far after each token, then None)."""
-
-    def __init__(self, ids: torch.Tensor, settings: dict, seed: int, max_new_tokens: int):
-        self.ids, self.settings, self.max_new_tokens = ids, settings, max_new_tokens
-        self.generator = torch.Generator().manual_seed(seed)  # its own: the story does not depend on the others
-        self.stop, self.pieces, self.tokens, self.closed = threading.Event(), queue.Queue(), [], False
-
-
-class StoryBatcher:
-    """Visitors of one model decoded together: the stories asked for while a batch runs form the next batch (up
-    to MAX_BATCH, as many as fit in the positions together), one left-padded generate() call. Each row keeps its
-    settings, seed, length and Stop button, so a seeded story is the one it would be alone."""
-
-    def __init__(self, tokenizer, model, max_batch: int = MAX_BATCH):
-        self.tokenizer, self.model, self.waiting, self.max_batch = tokenizer, model, queue.Queue(), max_batch
-        self.batch_sizes = collections.Counter()  # how many batches of each size were decoded
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def submit(self, visitor: Visitor) -> None:
-        self.waiting.put(visitor)
-
-    def _serve(self):
-        held = None  # a visitor that did not fit beside the last batch starts the next one
-        while True:
-            batch = [held or self.waiting.get()]
-            held = None
-            while len(batch) < self.max_batch and held is None:
-                try:
-                    visitor = self.waiting.get_nowait()
-                except queue.Empty:
-                    break
-                fits = (max(len(v.ids) for v in batch + [visitor]) + max(v.max_new_tokens for v in batch + [visitor])
-                        <= self.model.config.max_position_embeddings)
-                batch, held = (batch + [visitor], None) if fits else (batch, visitor)
-            self.batch_sizes[len(batch)] += 1
-            try:
-                self._decode(batch)
-            except Exception as error:  # noqa: BLE001 - each visitor's page shows it; the batcher goes on
-                for visitor in batch:
-                    visitor.pieces.put(error)
-            for visitor in batch:
-                visitor.pieces.put(None)
-
-    @torch.no_grad()
-    def _decode(self, batch: list):
-        width = max(len(v.ids) for v in batch)
-        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)  # (B, T), padded on the left
-        mask = torch.zeros_like(ids)
-        for row, visitor in enumerate(batch):
-            ids[row, width - len(visitor.ids):], mask[row, width - len(visitor.ids):] = visitor.ids, 1
-        rows = _Rows(batch, self.tokenizer, width)
-        self.model.generate(ids, attention_mask=mask, do_sample=False, pad_token_id=self.pad,
-                            max_new_tokens=max(v.max_new_tokens for v in batch), streamer=rows,
-                            logits_processor=LogitsProcessorList([_RowSampler(rows)]),
-                            stopping_criteria=StoppingCriteriaList([_RowStop(rows)]))
-
-
-class _Rows(BaseStreamer):
-    """The batch's rows as generate() sees them; as its streamer, hands each visitor the story so far."""
-
-    def __init__(self, batch, tokenizer, width):
-        self.batch, self.tokenizer, self.width = batch, tokenizer, width
-        self.done = torch.zeros(len(batch), dtype=torch.bool)
-        self.prompt_seen = False
-
-    def put(self, value):
-        if not self.prompt_seen:  # generate() streams the prompt first
-            self.prompt_seen = True
-            return
-        for row, visitor in enumerate(self.batch):
-            if visitor.closed:
-                continue
-            visitor.tokens.append(int(value[row]))
-            text = self.tokenizer.decode(visitor.tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # half of a character: wait for the rest
-                visitor.pieces.put(text)
-            if self.done[row]:
-                visitor.closed = True
-                visitor.pieces.put(None)
-
-    def end(self):
-        for visitor in self.batch:
-            visitor.closed = True
-
-
-class _RowSampler(LogitsProcessor):
-    """Each row sampled with its own settings and random generator; the chosen token is the only one left, so
-    generate()'s greedy step takes it."""
-
-    def __init__(self, rows: _Rows):
-        self.rows = rows
-        self.warpers = [[RepetitionPenaltyLogitsProcessor(v.settings["repetition_penalty"]),
-                         TemperatureLogitsWarper(v.settings["temperature"]),
-                         *([TopKLogitsWarper(v.settings["top_k"])] if v.settings["top_k"] > 0 else []),
-                         TopPLogitsWarper(v.settings["top_p"])] for v in rows.batch]
-
-    def __call__(self, input_ids, scores):  # (B, S), (B, V)
-        chosen = torch.full_like(scores, float("-inf"))
-        for row, visitor in enumerate(self.rows.batch):
-            own = input_ids[row:row + 1, self.rows.width - len(visitor.ids):]  # without the padding
-            row_scores = scores[row:row + 1].float()
-            for warper in self.warpers[row]:
-                row_scores = warper(own, row_scores)
-            token = torch.multinomial(row_scores.softmax(-1)[0], 1, generator=visitor.generator)
-            chosen[row, token] = 0.0
-        return chosen
-
-
-class _RowStop(StoppingCriteria):
-    """A row ends at its end-of-text token, its own length, or its Stop button."""
-
-    def __init__(self, rows: _Rows):
-        self.rows = rows
-
-    def __call__(self, input_ids, scores, **kwargs):
-        made = input_ids.shape[1] - self.rows.width
-        eos = self.rows.tokenizer.eos_token_id
-        for row, visitor in enumerate(self.rows.batch):
-            if visitor.stop.is_set() or made >= visitor.max_new_tokens or int(input_ids[row, -1]) == eos:
-                self.rows.done[row] = True
-        return self.rows.done.clone().to(input_ids.device)
 
 
 def _number(name: str, value, low: float, high: float, integer: bool = False):
@@ -216,15 +87,15 @@ def write_story(served: dict, model, prompt, max_new_tokens, temperature, top_k,
                     top_p=_number("Top-p", top_p, 0.01, 1.0),
                     repetition_penalty=_number("Repetition penalty", repetition_penalty, 0.5, 3.0))
     seed = _number("Seed", seed, 0, 2**32 - 1, integer=True)
-    visitor = Visitor(ids[0], settings, seed, max_new_tokens)
-    batcher.submit(visitor)
+    story = Story(ids[0], settings, seed, max_new_tokens)
+    batcher.submit(story)
     try:
-        while (text := visitor.pieces.get()) is not None:
+        while (text := story.pieces.get()) is not None:
             if isinstance(text, Exception):
                 raise gr.Error(f"generation failed: {text}")
             yield prompt + text
     finally:  # Stop pressed or the page closed: the batch drops this story at its next token
-        visitor.stop.set()
+        story.stop.set()
 
 
 def example_prompts(models) -> list[str]:

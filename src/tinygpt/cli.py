@@ -6,7 +6,7 @@
     tinygpt lm-eval-tasks                             # the folder of the lm-evaluation-harness tasks
     tinygpt export onnx --model DIR --out DIR [--int8]   # ONNX with a KV cache, for onnxruntime / transformers.js
     tinygpt export gpt-neo --model DIR --out DIR      # the same weights as a native GPT-Neo folder
-    tinygpt serve DIR [--port 8000]                   # an OpenAI-compatible server (transformers serve)
+    tinygpt serve DIR [--port 8000]                   # an OpenAI-compatible completions server
     tinygpt generate --model ONNX_DIR "Once upon a time" # the exported model on onnxruntime
     tinygpt app --model DIR [--model DIR2]            # the story playground in the browser (Gradio)
     tinygpt space --model-id USER/NAME --out DIR      # a Hugging Face Space folder running that playground
@@ -134,8 +134,11 @@ def cmd_serve(args) -> None:
     from .serve import serve
 
     _check_model_folder(args.model)
-    serve(args.model, host=args.host, port=args.port, continuous_batching=args.continuous_batching == "on",
-          device=args.device, trust_remote_code=args.trust_remote_code)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    options = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    serve(args.model, host=args.host, port=args.port, device=args.device, trust_remote_code=args.trust_remote_code,
+          **options)
 
 
 def cmd_lm_eval_tasks(args) -> None:
@@ -166,18 +169,19 @@ def cmd_space(args) -> None:
     import shutil
     from pathlib import Path
 
-    from . import app
+    from . import app, batching
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(app.__file__, out / "app.py")
+    shutil.copy(batching.__file__, out / "batching.py")  # app.py imports it from beside itself
     (out / "requirements.txt").write_text("\n".join(space_requirements()) + "\n")
     (out / "README.md").write_text(
         f"---\ntitle: TinyGPT story playground\nemoji: 📖\nsdk: gradio\napp_file: app.py\n"
         f"models:\n- {args.model_id}\nvariables:\n  TINYGPT_MODEL: {args.model_id}\n---\n\n"
         f"Write stories with [{args.model_id}](https://huggingface.co/{args.model_id}), a TinyGPT trained on "
         "TinyStories.\n", encoding="utf-8")
-    print(f"wrote a Space for {args.model_id} to {out}: app.py, requirements.txt, README.md")
+    print(f"wrote a Space for {args.model_id} to {out}: app.py, batching.py, requirements.txt, README.md")
 
 
 def space_requirements() -> list[str]:
@@ -248,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1")
     app.add_argument("--port", type=int, default=7860)
     app.add_argument("--max-batch", type=int, default=None,
-                     help="the most visitors' stories decoded together (1: one at a time; default tinygpt.app.MAX_BATCH)")
+                     help="the most visitors' stories decoded together (1: one at a time; default tinygpt.batching.MAX_BATCH)")
     app.set_defaults(run=cmd_app)
 
     space = commands.add_parser("space", help="write a Hugging Face Space folder for a published model")
@@ -277,13 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", action="store_true", help="also onnx/model_quantized.onnx (int8 weights)")
     export.set_defaults(run=cmd_export)
 
-    serve = commands.add_parser("serve", help="an OpenAI-compatible server (transformers serve) for a model")
+    serve = commands.add_parser("serve", help="an OpenAI-compatible completions server for a model")
     serve.add_argument("model", help="a model folder or Hub id; requests name it as their model")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--continuous-batching", choices=["on", "off"], default="on",
-                       help="transformers' continuous batching (paged attention); off: one request after another "
-                            "(BENCHMARKS.md, Serving: on 2 CPU cores 4.5-4.8x the throughput at 16 users)")
+    serve.add_argument("--max-batch", type=int, default=None,
+                       help="the most requests decoded together (1: one after another; default "
+                            "tinygpt.batching.MAX_BATCH; BENCHMARKS.md, Serving)")
     serve.add_argument("--device", default="auto", help="e.g. cpu, cuda:0; auto: a GPU if there is one")
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="for a Hub model whose code tinygpt does not provide")

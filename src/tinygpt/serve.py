@@ -1,4 +1,4 @@
-"""`tinygpt serve MODEL`: transformers' own OpenAI-compatible server (`transformers serve`) with a TinyGPT loaded.
+"""`tinygpt serve MODEL`: an OpenAI-compatible completions server for one story model.
 
     tinygpt serve runs/cpu --port 8000        # a folder saved by train_hf.py, or a Hub id (USER/NAME)
 
@@ -6,127 +6,209 @@
     client = OpenAI(base_url="http://localhost:8000/v1", api_key="unused")
     client.completions.create(model="runs/cpu", prompt="Once upon a time", max_tokens=100)
 
-The app, its routes, the streaming and the (optional) continuous batching are transformers' (`transformers.cli.
-serving`); this module adds what a story model needs on top:
-- loading through the Auto classes: transformers' model manager resolves `getattr(transformers,
-  config.architectures[0])`, which knows only the classes inside transformers;
-- only the operator's model: a request naming another is refused (transformers' pinned-model check), and
-  `/load_model` (which loads whatever a client names) and `/reset` (which unloads the model for everyone) are not
-  served;
-- requests checked against the model before any work: a prompt or `max_tokens` past the model's positions, or a
-  negative temperature, is answered 400 with a message naming the problem (transformers would let generate() fail
-  deep inside, or silently clamp), and the server goes on serving;
-- every other generation route (`/v1/chat/completions`, `/v1/responses`, `/v1/systemone`,
-  `/v1/audio/transcriptions`) refused with a 400 that says to use `/v1/completions`: a story model has no chat
-  template, no typed decisions and no audio, and transformers' handlers would fail inside with a 500;
-- continuous batching on by default: on 2 CPU cores transformers' scheduler serves 16 concurrent requests 4.5-4.8x
-  faster than one after another and matches it for a single user (BENCHMARKS.md, "Serving").
+A small FastAPI app over the playground's batcher (`tinygpt.batching.StoryBatcher`): the requests that arrive
+while a batch decodes form the next batch, one generate() call, each with its own temperature, top_p, seed and
+length. It uses only public interfaces (the Auto classes, generate()'s hooks, FastAPI), so it runs on every
+transformers release the package supports; transformers' own `transformers serve` is built anew in most releases
+and cannot load a model's remote code.
+
+What it serves:
+- `POST /v1/completions`, plain or streamed (server-sent events, as the openai client reads them);
+- `GET /v1/models` (the one model) and `GET /health`;
+- only the operator's model: a request naming another is refused, and nothing a client sends is loaded;
+- every request checked against the model before any work: a prompt or `max_tokens` past the model's positions,
+  a sampling setting out of range, or an option this server does not implement, is a 400 whose message names the
+  field, its value and the limit, and serving goes on;
+- the chat and responses routes (and any other under /v1) answer 400 pointing to `/v1/completions`: a story model
+  has no chat template.
 """
 
-from fastapi import HTTPException
-from transformers.cli.serving.completion import CompletionHandler
-from transformers.cli.serving.model_manager import ModelManager
-from transformers.cli.serving.server import build_server
-from transformers.cli.serving.utils import GenerationState
+import asyncio
+import json
+import secrets
+import time
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .batching import MAX_BATCH, Story, StoryBatcher
+
+# Options of OpenAI's completions API that this server does not implement: refused by name, never ignored.
+UNSUPPORTED = ("echo", "logprobs", "best_of", "suffix", "stop", "logit_bias", "generation_config")
 
 
-class AutoClassModelManager(ModelManager):
-    """transformers' model manager, loading with AutoModelForCausalLM (so tinygpt's registration, or a Hub
-    repo's remote code with --trust-remote-code, decides the class)."""
+def check_completion_request(body, served: str, positions: int, tokenizer) -> tuple[list[int], dict]:
+    """The prompt's ids and the story's settings (max_new_tokens, temperature, top_p, seed); a 400 for what this
+    model cannot do, each message naming the field, its value and the limit. A missing max_tokens becomes the
+    positions the prompt leaves."""
+    def refuse(message):
+        raise HTTPException(status_code=400, detail=message)
 
-    # transformers has no public hook for the model class its server loads: this overrides the method that
-    # resolves it (ModelManager._load_model), keeping its arguments.
-    def _load_model(self, model_id_and_revision, tqdm_class=None, progress_callback=None, gguf_file=None):
-        from transformers import AutoModelForCausalLM
-        from transformers.cli.serving.utils import split_revision
-
-        model_id, revision = split_revision(model_id_and_revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_id, revision=revision, dtype=self.dtype, device_map=self.device,
-            trust_remote_code=self.trust_remote_code, attn_implementation=self.attn_implementation,
-            tqdm_class=tqdm_class)
-        return model.eval()
-
-
-class StoryCompletionHandler(CompletionHandler):
-    """`/v1/completions`, with the request checked against the model first (see the module docstring)."""
-
-    async def handle_request(self, body: dict, request_id: str):
-        self._validate_request(body)
-        _, model, processor = self._resolve_model(dict(body))  # the pinned-model check, and the model to check
-        check_completion_request(body, model.config.max_position_embeddings,
-                                 getattr(processor, "tokenizer", processor))
-        return await super().handle_request(body, request_id)
-
-
-def check_completion_request(body: dict, positions: int, tokenizer) -> None:
-    """400 for what this model cannot do, each message naming the field, its value and the limit; a missing
-    max_tokens becomes the positions the prompt leaves."""
-    if body.get("generation_config") is not None:  # it would bypass every check below
-        raise HTTPException(status_code=400, detail="generation_config is not accepted here: use max_tokens, "
-                            "temperature, top_p and seed")
+    if not isinstance(body, dict):
+        refuse("the request body must be a JSON object")
+    if body.get("model", served) != served:
+        refuse(f"this server is pinned to {served!r}; the request names {str(body['model'])[:200]!r}")
+    for name in UNSUPPORTED:
+        if body.get(name) not in (None, False):
+            refuse(f"{name} is not supported by this server: use prompt, max_tokens, temperature, top_p and seed")
+    if body.get("n", 1) != 1:
+        refuse(f"n must be 1 (one story per request), got {body['n']!r}")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if body.get(name) not in (None, 0):
+            refuse(f"{name} is not supported by this server (0 only), got {body[name]!r}")
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
-        raise HTTPException(status_code=400, detail="prompt must be a string")
-    used = len(tokenizer(prompt).input_ids)
+        refuse("prompt must be a string")
+    ids = tokenizer(prompt).input_ids or [tokenizer.eos_token_id]  # an empty prompt starts a text, as in GPT-2
+    used = len(ids)
     if used >= positions:
-        raise HTTPException(status_code=400, detail=f"the prompt is {used} tokens, but the model has "
-                            f"{positions} positions: shorten it to at most {positions - 1} tokens")
+        refuse(f"the prompt is {used} tokens, but the model has {positions} positions: shorten it to at most "
+               f"{positions - 1} tokens")
     max_tokens = body.get("max_tokens")
-    if max_tokens is None:  # transformers would ask for 1024 new tokens: the rest of the positions instead
-        body["max_tokens"] = positions - used
-    else:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise HTTPException(status_code=400, detail=f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if used + max_tokens > positions:
-            raise HTTPException(status_code=400, detail=f"the prompt ({used} tokens) plus max_tokens "
-                                f"({max_tokens}) is past the model's {positions} positions: ask for at most "
-                                f"{positions - used} tokens")
-    for name, low in (("temperature", 0.0), ("top_p", 0.0)):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < low):
-            raise HTTPException(status_code=400, detail=f"{name} must be a number >= {low}, got {value!r}")
-    if body.get("top_p") is not None and body["top_p"] > 1:
-        raise HTTPException(status_code=400, detail=f"top_p must be at most 1, got {body['top_p']!r}")
+    if max_tokens is None:
+        max_tokens = positions - used
+    elif not _is_number(max_tokens, integer=True) or max_tokens < 1:
+        refuse(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    elif used + max_tokens > positions:
+        refuse(f"the prompt ({used} tokens) plus max_tokens ({max_tokens}) is past the model's {positions} "
+               f"positions: ask for at most {positions - used} tokens")
+    settings = {"temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0)}
+    for name, low, high in (("temperature", 0.0, 5.0), ("top_p", 0.0, 1.0)):
+        value = settings[name] = 1.0 if settings[name] is None else settings[name]
+        if not _is_number(value) or not low <= value <= high or (name == "top_p" and value == 0):
+            refuse(f"{name} must be a number {'>' if name == 'top_p' else '>='} {low:g} and <= {high:g}, "
+                   f"got {value!r}")
+    seed = body.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(2**63)
+    elif not _is_number(seed, integer=True) or not 0 <= seed < 2**63:
+        refuse(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return ids, dict(max_new_tokens=max_tokens, seed=seed, **settings)
 
 
-class CompletionsOnly:
-    """The handler of a route this server does not serve for a story model: a 400 pointing to /v1/completions."""
-
-    def __init__(self, route: str, why: str):
-        self.route, self.why = route, why
-
-    async def handle_request(self, *request, **kwargs):
-        raise HTTPException(status_code=400, detail=f"{self.route} is not served: a TinyGPT model tells stories "
-                            f"from a prompt and has {self.why}; use /v1/completions")
+def _is_number(value, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
-def build_app(model: str, *, continuous_batching: bool = True, device: str = "auto",
-              trust_remote_code: bool = False):
-    """The FastAPI app of `transformers serve`, pinned to `model` (loaded now) and with the handlers above."""
-    manager = AutoClassModelManager(device=device, dtype="auto", trust_remote_code=trust_remote_code,
-                                    continuous_batching=continuous_batching, force_model=model)
-    state = GenerationState(continuous_batching=continuous_batching)
-    handlers = dict(model_manager=manager, generation_state=state)
-    app = build_server(manager, CompletionsOnly("/v1/chat/completions", "no chat template"),
-                       completion_handler=StoryCompletionHandler(**handlers),
-                       response_handler=CompletionsOnly("/v1/responses", "no chat template"),
-                       transcription_handler=CompletionsOnly("/v1/audio/transcriptions", "no audio input"),
-                       systemone_handler=CompletionsOnly("/v1/systemone", "no typed-decision head"),
-                       generation_state=state)
+class AsyncPieces:
+    """A story's queue as the event loop reads it: the batcher's thread puts, a request's coroutine awaits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    async def get(self):
+        return await self.queue.get()
+
+
+def build_app(model: str, *, max_batch: int = MAX_BATCH, device: str = "auto", trust_remote_code: bool = False):
+    """The app for `model` (a folder or Hub id, loaded now): the one model its requests may name."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    lm = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code).to(device).eval()
+    positions = lm.config.max_position_embeddings
+    batcher = StoryBatcher(tokenizer, lm, max_batch)
+    app = FastAPI(title=f"TinyGPT: {model}")
     app.add_exception_handler(HTTPException, openai_error)
-    # The model is pinned (the handlers refuse other names): /load_model would read any folder or Hub id a client
-    # names, /reset would unload the model for everyone; neither is a client's to call.
-    app.router.routes[:] = [route for route in app.router.routes
-                            if getattr(route, "path", None) not in ("/load_model", "/reset")]
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "tinygpt"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(status_code=400, detail="the request body must be JSON") from None
+        ids, settings = check_completion_request(body, model, positions, tokenizer)
+        story = Story(torch.tensor(ids), {"temperature": settings["temperature"], "top_p": settings["top_p"]},
+                      settings["seed"], settings["max_new_tokens"])
+        story.pieces = AsyncPieces(asyncio.get_running_loop())
+        batcher.submit(story)
+        reply = Completion(model, len(ids), tokenizer)
+        if body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(reply.stream(story, usage), media_type="text/event-stream")
+        try:
+            text = await reply.wait(story)
+        finally:  # the client went away: the batch drops the story at its next token
+            story.stop.set()
+        return reply.chunk(text, reply.finish_reason(story), usage=True)
+
+    @app.post("/v1/{route:path}")
+    async def other_routes(route: str):
+        why = "no chat template" if "chat" in route or "responses" in route else "no such route"
+        raise HTTPException(status_code=400, detail=f"/v1/{route} is not served: a TinyGPT model tells stories "
+                                                    f"from a prompt and has {why}; use /v1/completions")
+
     return app
+
+
+class Completion:
+    """One request's answers in OpenAI's `text_completion` shape: whole, or as server-sent events."""
+
+    def __init__(self, model: str, prompt_tokens: int, tokenizer):
+        self.model, self.prompt_tokens, self.tokenizer = model, prompt_tokens, tokenizer
+        self.id, self.created, self.completion_tokens = f"cmpl-{secrets.token_hex(12)}", int(time.time()), 0
+
+    def chunk(self, text: str | None, finish_reason: str | None, usage: bool) -> dict:
+        answer = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                  "choices": [] if text is None else [{"index": 0, "text": text, "logprobs": None,
+                                                       "finish_reason": finish_reason}]}
+        if usage:
+            answer["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                               "total_tokens": self.prompt_tokens + self.completion_tokens}
+        return answer
+
+    @staticmethod
+    def finish_reason(story: Story) -> str:
+        return "stop" if story.ended_at_eos else "length"
+
+    async def wait(self, story: Story) -> str:
+        while (piece := await story.pieces.get()) is not None:
+            if isinstance(piece, Exception):
+                raise HTTPException(status_code=500, detail=f"generation failed: {piece}")
+        self.completion_tokens = len(story.tokens)
+        return self.tokenizer.decode(story.tokens, skip_special_tokens=True)
+
+    async def stream(self, story: Story, usage: bool):
+        sent = ""
+        try:
+            while (piece := await story.pieces.get()) is not None:
+                if isinstance(piece, Exception):
+                    yield _event({"error": {"message": f"generation failed: {piece}", "type": "server_error"}})
+                    return
+                if len(piece) > len(sent):
+                    yield _event(self.chunk(piece[len(sent):], None, usage=False))
+                    sent = piece
+            self.completion_tokens = len(story.tokens)
+            yield _event(self.chunk("", self.finish_reason(story), usage=False))
+            if usage:
+                yield _event(self.chunk(None, None, usage=True))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away: the batch drops the story at its next token
+            story.stop.set()
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
 
 
 async def openai_error(request, error: HTTPException):
     """Errors in OpenAI's shape ({"error": {"message": ...}}), which its clients show to the user, instead of
     FastAPI's {"detail": ...}, which they do not."""
-    from fastapi.responses import JSONResponse
-
     kind = "invalid_request_error" if 400 <= error.status_code < 500 else "server_error"
     return JSONResponse({"error": {"message": str(error.detail), "type": kind, "param": None,
                                    "code": error.status_code}}, status_code=error.status_code)
