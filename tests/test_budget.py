@@ -45,7 +45,7 @@ class FakeClock:
         return self.now
 
 
-def simulate(step_time=lambda step: 1.0, max_steps=None):
+def simulate(step_time=lambda step: 1.0, max_steps=None, stop_at=None):
     """A 600 s run with 100 s spent before training, on a fake clock: steps of `step_time(step)` s, an evaluation
     (10 s of evaluating 1/4 of the validation data + 2 s of samples) when the planner asks and every 100 steps.
     The clock when training stops, the planner and its warmup-stable-decay schedule."""
@@ -58,6 +58,7 @@ def simulate(step_time=lambda step: 1.0, max_steps=None):
     for step in range(1, 1000):
         clock.now += step_time(step)  # the training step
         state.global_step = step
+        control.should_training_stop = step == stop_at  # another callback's request, made before the planner's
         planner.on_step_end(args, state, control)
         if control.should_training_stop:
             break
@@ -191,3 +192,11 @@ def test_a_budget_attached_with_one_call_plans_the_trainers_schedule_and_progres
     assert trainer.args.max_steps == -1 != UNBOUNDED_STEPS
     trainer.save_model(str(tmp_path / "final"))
     assert torch.load(tmp_path / "final" / "training_args.bin", weights_only=False).max_steps == -1
+
+
+def test_the_plan_keeps_a_stop_another_callback_asked_for():
+    """Another callback (an early stop, a user's) asks to stop at the very step the plan is fixed: the plan does
+    not clear the request."""
+    decided = simulate()[1].decision["decided_at_step"]
+    _, _, state, _ = simulate(stop_at=decided)
+    assert state.global_step == decided

@@ -3,6 +3,7 @@ importable, via trust_remote_code), pipeline, and Trainer."""
 
 import json
 
+import pytest
 import torch
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, Trainer, TrainingArguments, pipeline)
 
@@ -96,7 +97,7 @@ class _Repeats(torch.utils.data.Dataset):
 def test_trainer_with_gradient_checkpointing_and_accumulation(tmp_path):
     model = tiny_model(initializer_range=0.02)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=2,
-                             gradient_accumulation_steps=2, activation_checkpointing=True, learning_rate=1e-2,
+                             gradient_accumulation_steps=2, gradient_checkpointing=True, learning_rate=1e-2,
                              lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
                              disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=_Repeats())
@@ -105,3 +106,55 @@ def test_trainer_with_gradient_checkpointing_and_accumulation(tmp_path):
     assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
     assert model.model.gradient_checkpointing
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0]  # it learned the four sequences
+
+
+def test_lora_on_the_output_head_gets_gradients_and_trains():
+    """peft's LoRA on `lm_head`: the training loss goes through the adapter (not around it, through the head's
+    weight), equals the loss computed from the adapted logits, and training moves the adapter alone."""
+    peft = pytest.importorskip("peft")
+    no_dropout = dict(resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0)
+    model = peft.get_peft_model(tiny_model(initializer_range=0.02, **no_dropout).train(),
+                                peft.LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False))
+    ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(0))
+    loss = model(input_ids=ids, labels=ids).loss
+    with torch.no_grad():
+        logits = model.eval()(input_ids=ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    model.train()
+    loss.backward()
+    lora = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == set(lora)
+
+
+def test_label_smoothing_gives_transformers_value_on_shifted_labels(tmp_path):
+    """label_smoothing_factor: Trainer takes the labels out and smooths the model's logits. It shifts the labels
+    only for its own causal-LM classes, so TinyGPTTrainer (train_hf.py's) gives it the shift: the loss is
+    transformers' LabelSmoother on the next tokens."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    from tinygpt.training import TinyGPTTrainer
+
+    model = tiny_model(resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0).train()
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1, report_to="none", use_cpu=True)
+    trainer = TinyGPTTrainer(model=model, args=args, train_dataset=_Repeats(), block_size=20)
+    ids = torch.stack([_Repeats()[i]["input_ids"] for i in range(2)])
+    loss = trainer.compute_loss(model, {"input_ids": ids, "labels": ids.clone()})
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    expected = LabelSmoother(epsilon=0.1)({"logits": logits}, ids, shift_labels=True)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert model.lm_head.weight.grad is not None

@@ -119,7 +119,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model = tiny_model(resid_dropout=0.0).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            model.gradient_checkpointing_enable()  # the name every 5.x has
         ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
         model(ids, labels=ids).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -214,7 +214,9 @@ def test_chunked_loss_does_not_depend_on_the_chunk_size():
     expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100, reduction="sum")
     for total, grad_hidden, grad_weight in results:
         torch.testing.assert_close(total, expected.detach())
-        torch.testing.assert_close(grad_hidden, results[0][1]) and torch.testing.assert_close(grad_weight, results[0][2])
-    hidden.grad = None
+        torch.testing.assert_close(grad_hidden, results[0][1])
+        torch.testing.assert_close(grad_weight, results[0][2])
+    hidden.grad = weight.grad = None
     (2 * expected).backward()
     torch.testing.assert_close(results[0][1], hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][2], weight.grad, rtol=1e-5, atol=1e-6)

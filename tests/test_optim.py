@@ -126,3 +126,18 @@ def test_trainers_learning_rate_schedule_reaches_muon_and_adamw(tmp_path):
     assert isinstance(trainer.optimizer.optimizer, MuonWithAdamW)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), initial[name], rtol=0, atol=0, msg=name)
+
+
+def test_muon_allocates_its_momentum_buffers_once(monkeypatch):
+    """The buffers are made at the first step; later steps allocate no zero tensor per parameter."""
+    params = [torch.nn.Parameter(torch.randn(8, 8)) for _ in range(3)]
+    muon = Muon(params, lr=0.02)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    muon.step()
+    buffers = [muon.state[p]["momentum_buffer"] for p in params]
+    made = []
+    real = torch.zeros_like
+    monkeypatch.setattr(torch, "zeros_like", lambda *a, **k: made.append(1) or real(*a, **k))
+    muon.step()
+    assert not made and all(muon.state[p]["momentum_buffer"] is b for p, b in zip(params, buffers))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from conftest import ROOT, TINY, needs_data, train_hf
+from conftest import ROOT, SHARED_DATA, TINY, gpt2_source, needs_data, train_hf
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.data import CausalLMCollator, DataArguments, load_raw_datasets, read_stories, tokenize_for_training
 
@@ -197,6 +197,53 @@ def test_kill_9_then_resume_finishes_with_no_partial_checkpoint(corpus, tokenize
     assert all((c / "checkpoint_complete").is_file() for c in out.glob("checkpoint-*"))
 
 
+def _scheduler_plan(checkpoint: Path):
+    """The learning-rate schedule saved in a checkpoint (tinygpt.budget.Schedule's attributes, with the
+    scheduler's state) and the peak learning rate."""
+    from tinygpt.budget import Schedule
+
+    state = torch.load(checkpoint / "scheduler.pt", weights_only=False)
+    saved = state["lr_lambdas"][0]
+    schedule = Schedule(saved["name"], saved["warmup"], saved["total_steps"], saved["kwargs"])
+    return schedule, state["base_lrs"][0]
+
+
+@pytest.mark.slow
+def test_a_resumed_budgeted_run_finishes_the_plan_of_its_checkpoint(corpus, tokenizer_dir, tmp_path):
+    """--time_budget, kill -9 after the first checkpoint, --resume: the run ends at the step count its checkpoint
+    planned, and every step after the resume has the learning rate that plan gives (a cosine, which depends on
+    the step count at every step), not a new budget's."""
+    train, valid = corpus
+    out = tmp_path / "run"
+    args = [*TINY, "--train_file", str(train), "--validation_file", str(valid), "--output_dir", str(out),
+            "--tokenizer", str(tokenizer_dir), "--time_budget", "0.75", "--lr_scheduler_type", "cosine",
+            "--warmup_steps", "10", "--save_steps", "60", "--eval_steps", "0.5", "--logging_steps", "1",
+            "--save_total_limit", "1"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_hf.py"), *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not any(out.glob("checkpoint-*/checkpoint_complete")):
+        assert process.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint = next(c for c in out.glob("checkpoint-*") if (c / "checkpoint_complete").is_file())
+    killed_at = int(checkpoint.name.split("-")[1])
+    schedule, peak = _scheduler_plan(checkpoint)
+    assert killed_at < schedule.total_steps < 100_000  # a plan, with steps left to train
+    resumed = train_hf(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["training"]["global_step"] == schedule.total_steps
+    logged = {entry["step"]: entry["learning_rate"] for entry in
+              json.loads((out / "trainer_state.json").read_text())["log_history"] if "learning_rate" in entry}
+    after = [step for step in logged if step > killed_at]
+    assert len(after) == schedule.total_steps - killed_at
+    for step in after:  # Trainer logs at step s the rate step s trained with: the schedule's factor at s - 1
+        assert logged[step] == pytest.approx(peak * schedule(step - 1), rel=1e-9, abs=1e-15), step
+
+
 def _losses(folder: Path) -> list[float]:
     state = json.loads(max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
                        .joinpath("trainer_state.json").read_text())
@@ -228,6 +275,29 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(corpus, 
     assert len(one) == len(two) == 6
     # the same 4 blocks per step, split over two processes: equal up to float reduction order
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-3, atol=1e-3)
+
+
+@needs_data
+@pytest.mark.slow
+def test_the_cpu_recipe_under_torchrun_follows_one_plan(tmp_path):
+    """`--preset cpu --time_budget 2` on the shared data with 2 gloo processes: process 0 measures the shapes and
+    bf16 and plans the steps, the other follows (tinygpt.ranks); one saved model, the same step count on both."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29519", str(ROOT / "train_hf.py"), "--preset", "cpu", "--time_budget", "2",
+                          "--train_file", str(SHARED_DATA / "train.txt"), "--tokenizer_source", gpt2_source(),
+                          "--output_dir", str(out), "--ddp_backend", "gloo", "--disable_tqdm", "true"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("shape for this machine") == 1 and run.stdout.count("steps in all") == 1
+    summary = json.loads((out / "training_summary.json").read_text())
+    steps = summary["training"]["global_step"]
+    assert summary["training"]["world_size"] == 2 and steps == summary["time_budget"]["planned_steps"] > 0
+    assert sorted(line for line in run.stdout.splitlines() if " of 2: trained " in line) == [
+        f"process {rank} of 2: trained {steps} steps" for rank in (0, 1)]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.hidden_size == int(summary["shape"]["chosen"].split("x")[0])
 
 
 def test_streaming_packs_the_same_blocks(corpus, tokenizer_dir):

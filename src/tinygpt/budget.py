@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback, get_scheduler
 from transformers.trainer_callback import ProgressCallback
 
+from .ranks import decided_by_rank_zero, is_deciding_process, processes
+
 # Schedules whose learning rate after the warm-up depends on the total number of steps.
 _DECAY_AFTER_WARMUP = {"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
                        "cosine_warmup_with_min_lr"}
@@ -140,6 +142,7 @@ class TimeBudget(TrainerCallback):
         self.decision: dict = {}
         self._last_end: float | None = None
         self._eval_loop: float | None = None
+        self.resumed = False  # a resumed run finishes its checkpoint's plan
 
     def attach(self, trainer) -> None:
         """Plan `trainer`'s run (a TinyGPTTrainer, not yet trained): it trains by this budget's schedule until the
@@ -154,8 +157,15 @@ class TimeBudget(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if args.max_steps == UNBOUNDED_STEPS:
             args.max_steps = -1  # Trainer has sized its loop; what is saved is the user's setting
+        if state.global_step > 0 and self.schedule.total_steps != UNBOUNDED_STEPS:
+            # A resumed run finishes the plan saved in its checkpoint (restored with the scheduler), fixed or not
+            # yet: the same steps at the same learning rates as the uninterrupted run had planned. It neither
+            # measures nor re-plans: this process's clock started late, and a plan fitted to it would be a new
+            # budget (docs/training.md, "Resuming").
+            self.schedule.planned = self.resumed = True
+            self.decision.update(planned_steps=self.schedule.total_steps, resumed_at_step=state.global_step)
         if self.schedule.planned:
-            state.max_steps = self.schedule.total_steps  # a resumed run: its plan, restored with the scheduler
+            state.max_steps = self.schedule.total_steps
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self._last_end is None or self._eval_loop is not None:
@@ -165,6 +175,11 @@ class TimeBudget(TrainerCallback):
         self._eval_loop = runtime if runtime is not None else self.clock() - self._last_end
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._measure_and_plan(args, state, control)
+        if processes() > 1:
+            self._follow_rank_zero(args, state, control)
+
+    def _measure_and_plan(self, args, state, control):
         now = self.clock()
         if self._last_end is not None:
             if self._eval_loop is None:
@@ -174,7 +189,8 @@ class TimeBudget(TrainerCallback):
                 self.event_seconds.append(now - self._last_end)
         self._last_end, self._eval_loop = now, None
         if self.schedule.planned:
-            if len(self.step_seconds) > 2 and self.event_seconds and state.global_step % 10 == 0:
+            if (not self.resumed and len(self.step_seconds) > 2 and self.event_seconds
+                    and state.global_step % 10 == 0):
                 self._refit(args, state)
             control.should_training_stop = control.should_training_stop or state.global_step >= self.schedule.total_steps
             return
@@ -184,8 +200,17 @@ class TimeBudget(TrainerCallback):
         if timed >= self.calibration_steps and self.eval_seconds:
             self._plan(args, state, control)
 
+    def _follow_rank_zero(self, args, state, control) -> None:
+        """Every process takes process 0's plan, re-plans and stop (tinygpt.ranks): the processes measure their
+        own steps, and a step count or an evaluation they disagree on would deadlock their collectives."""
+        total, planned, stop, evaluate = decided_by_rank_zero(
+            (self.schedule.total_steps, self.schedule.planned, control.should_training_stop, control.should_evaluate))
+        if total != self.schedule.total_steps:
+            self._set_total(args, state, total)
+        self.schedule.planned, control.should_training_stop, control.should_evaluate = planned, stop, evaluate
+
     def on_train_end(self, args, state, control, **kwargs):
-        if "first_planned_steps" in self.decision:
+        if "first_planned_steps" in self.decision and is_deciding_process():
             print(f"\ntime budget: the plan followed the machine's speed, {self.decision['first_planned_steps']:,} -> "
                   f"{self.decision['planned_steps']:,} steps (last changed at step "
                   f"{self.decision['last_refitted_at_step']:,})", flush=True)
@@ -223,7 +248,7 @@ class TimeBudget(TrainerCallback):
         if total <= state.global_step or state.global_step >= max(self.schedule.decay_start(total), SETTLED * total):
             self.schedule.planned = True
             self._report(state, total, step_s, event_s, final_s)
-            control.should_training_stop = total <= state.global_step
+            control.should_training_stop = control.should_training_stop or total <= state.global_step
 
     def _refit(self, args, state) -> None:
         total = max(state.global_step, self._fit(args, state)[0])
@@ -245,6 +270,8 @@ class TimeBudget(TrainerCallback):
                          "seconds_per_step": round(step_s, 4), "seconds_per_evaluation": round(event_s, 2),
                          "final_work_s": round(final_s, 1), "spent_s_when_decided": round(spent, 1),
                          "budget_s": self.budget_s}
+        if not is_deciding_process():
+            return
         print(f"\ntime budget {self.budget_s / 60:g} min: {spent:.0f} s spent by step {state.global_step}; "
               f"{step_s:.3f} s per step, {event_s:.1f} s per evaluation, {final_s:.0f} s kept for the final "
               f"evaluation and saving -> {total:,} steps in all", flush=True)

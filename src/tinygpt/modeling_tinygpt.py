@@ -9,19 +9,13 @@ Shape notation, used on every reshape:
     V vocab_size.
 """
 
+import functools
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from transformers.utils.versions import require_version
-
-# 5.24 renamed the KV cache argument and output field from `past_key_values` to `cache`; an older generate()
-# would hand this model its cache under a name it no longer reads and decode without context.
-require_version("transformers>=5.24", "TinyGPT's modeling code uses the `cache` API of transformers 5.24: "
-                "pip install -U 'transformers>=5.24,<6'")
-
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
@@ -30,13 +24,30 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_layers import (GenericForQuestionAnswering, GenericForSequenceClassification,
                                           GenericForTokenClassification, GradientCheckpointingLayer)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_tinygpt import TinyGPTConfig
+
+# transformers 5.24 renamed the KV cache, as forward()'s argument and as the outputs' field, from `past_key_values`
+# to `cache`. This file reads it as `cache` and accepts both names (`accepts_past_key_values`); its outputs carry it
+# under the name of the installed release, where generate() looks for it. One file for 5.16.1 to the newest 5.x.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def accepts_past_key_values(forward):
+    """forward() reads the KV cache as `cache`; generate() before 5.24 (and callers written for it) pass it as
+    `past_key_values`."""
+    @functools.wraps(forward)
+    def with_either_name(self, *args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            if kwargs.get("cache") is not None:
+                raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+            kwargs["cache"] = past_key_values
+        return forward(self, *args, **kwargs)
+    return with_either_name
 
 # ----------------------------------------------------------------------------- input checks and mask helpers
 
@@ -95,11 +106,11 @@ def build_attention_masks(config, inputs_embeds, attention_mask, cache, position
     attention suffices the utilities return None and SDPA runs with is_causal. Keyed by transformers' layer
     types ("full_attention", "sliding_attention"), as generate() keys the masks it builds for a static cache.
     """
-    kwargs = dict(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                  cache=cache, position_ids=position_ids)
-    masks = {"full_attention": create_causal_mask(**kwargs)}
+    # positional: the cache's keyword is `past_key_values` before 5.24, `cache` from it
+    arguments = (config, inputs_embeds, attention_mask, cache, position_ids)
+    masks = {"full_attention": create_causal_mask(*arguments)}
     if "sliding_attention" in config.layer_types:
-        masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+        masks["sliding_attention"] = create_sliding_window_causal_mask(*arguments)
     return masks
 
 
@@ -248,12 +259,25 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
-def chunked_causal_lm_loss(hidden_states, weight, labels, num_items_in_batch=None, ignore_index: int = -100):
+def chunked_causal_lm_loss(hidden_states, head: nn.Module, labels, num_items_in_batch=None,
+                           ignore_index: int = -100, chunk_rows: int = 1024):
     """transformers' causal-LM loss (labels shifted inside, -100 ignored, a sum over `num_items_in_batch` when
-    Trainer gives it, else the mean) from the hidden states (B, T, C) and the head's weight (V, C), without logits."""
-    targets = nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:].reshape(-1)  # (B*T,)
-    total = LinearCrossEntropy.apply(hidden_states.reshape(-1, hidden_states.shape[-1]), weight,
-                                     targets.to(hidden_states.device), ignore_index)
+    Trainer gives it, else the mean) from the hidden states (B, T, C) and the output head, without full logits.
+
+    The model's own head (a plain nn.Linear) goes through `LinearCrossEntropy`, which reads its weight. Any other
+    module in its place (a LoRA adapter, a sharded or quantised layer) is called as a module on chunks of rows,
+    each chunk's logits recomputed in the backward pass rather than kept, so it sees its inputs and gets its
+    gradients, at the cost of one more head product per step."""
+    targets = nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:].reshape(-1).to(hidden_states.device)
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*T, C)
+    if type(head) is nn.Linear and head.bias is None:
+        total = LinearCrossEntropy.apply(hidden, head.weight, targets, ignore_index, chunk_rows)
+    else:
+        def chunk_loss(h, t):
+            return nn.functional.cross_entropy(head(h).float(), t, ignore_index=ignore_index, reduction="sum")
+
+        total = sum(checkpoint(chunk_loss, hidden[start:start + chunk_rows], targets[start:start + chunk_rows],
+                               use_reentrant=False) for start in range(0, hidden.shape[0], chunk_rows))
     if num_items_in_batch is None:
         return total / (targets != ignore_index).sum().clamp(min=1)
     return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
@@ -271,7 +295,7 @@ class TinyGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TinyGPTBlock"]
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_FIELD]
     _supports_sdpa = True
     _can_record_outputs = {"hidden_states": TinyGPTBlock, "attentions": TinyGPTAttention}
 
@@ -289,7 +313,7 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accepts_past_key_values
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -323,7 +347,7 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
         hidden_states = self.embed_dropout(inputs_embeds + self.embed_positions(position_ids))  # (B, T, C)
         for layer in self.layers:
             hidden_states = layer(hidden_states, masks[layer.attn.layer_type], cache=cache, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache})
 
     @staticmethod
     def _default_position_ids(inputs_embeds, attention_mask, cache):
@@ -345,7 +369,7 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accepts_past_key_values
     @can_return_tuple
     def forward(
         self,
@@ -362,23 +386,26 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         """labels (B, T) are the input ids themselves: they are shifted inside, and -100 is ignored. Loss kwargs
         such as `num_items_in_batch` reach the loss, so gradient accumulation averages over the right count.
 
-        Training with labels (train mode, gradients on) computes the loss from the hidden states in chunks
-        (`chunked_causal_lm_loss`) and returns no logits, as fused-loss kernels for transformers do: the full
-        logits are most of a small model's step. In eval mode the logits are returned as always."""
+        Training with labels (train mode, gradients on) computes the loss from the hidden states in chunks through
+        the head (`chunked_causal_lm_loss`) and returns no logits, as fused-loss kernels for transformers do: the
+        full logits are most of a small model's step. Without labels (Trainer's label smoothing and
+        `compute_loss_func` take the labels out and compute the loss from the logits), and in eval mode, the logits
+        are returned as always."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              **kwargs)
         if labels is not None and self.training and torch.is_grad_enabled():
-            loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head.weight, labels,
+            loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head, labels,
                                           kwargs.get("num_items_in_batch"))
-            return CausalLMOutputWithPast(loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states,
-                                          attentions=outputs.attentions)
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # (B, T', V)
+            return CausalLMOutputWithPast(loss=loss, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                                          **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0: all
+        logits = self.lm_head(outputs.last_hidden_state[:, keep])  # (B, T', V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
     def generate(self, *args, stopping_criteria=None, **kwargs):
         """`GenerationMixin.generate`, stopped at the last position the model has (see PositionLimit)."""

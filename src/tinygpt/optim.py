@@ -79,7 +79,10 @@ class Muon(torch.optim.Optimizer):
                 by_shape.setdefault(tuple(p.shape), []).append(p)
             for shape, same in by_shape.items():
                 grads = [p.grad for p in same]
-                buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in same]
+                for p in same:  # a zero buffer at the first step only (setdefault would allocate one every step)
+                    if "momentum_buffer" not in self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                buffers = [self.state[p]["momentum_buffer"] for p in same]
                 torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
                 nesterov = torch.stack(grads).lerp_(torch.stack(buffers), group["momentum"])  # (k, A, B)
                 updates = orthogonalise(nesterov, self.ns_dtype)

@@ -74,7 +74,8 @@ def pick_shape(candidates: str, make_config: Callable[[dict], TinyGPTConfig], ar
     for hidden, layers in parse_shapes(candidates):
         config = make_config(shape_overrides(hidden, layers))
         started = time.perf_counter()
-        tokens_per_s = measure_tokens_per_s(config, args, block_size)
+        # measured by one process; each of the run's processes trains its own batches at this speed
+        tokens_per_s = measure_tokens_per_s(config, args, block_size) * args.world_size
         parameters = TinyGPTForCausalLM(config).num_parameters()
         tokens = tokens_per_s * (seconds_left * (1 - FINAL_SHARE) - (time.perf_counter() - started))
         measured.append({"shape": f"{hidden}x{layers}", "parameters": parameters, "tokens_per_s": round(tokens_per_s),

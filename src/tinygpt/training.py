@@ -28,6 +28,7 @@ from .data import CausalLMCollator, DataArguments, DataFileError, load_raw_datas
 from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import adamw_groups, build_muon_with_adamw, fast_bfloat16
+from .ranks import decided_by_rank_zero, is_deciding_process
 from .shape import pick_shape
 from .summary import RunSummary
 from .throughput import StepTimer
@@ -120,6 +121,14 @@ class TinyGPTTrainingArguments(TrainingArguments):
         if self.bf16_if_fast and not self.bf16:
             self.bf16 = fast_bfloat16()  # on a CPU without bf16 units, bf16 autocast is ~100x slower
         super().__post_init__()
+
+    def follow_rank_zero(self) -> None:
+        """bf16-if-fast as process 0 measured it, on every process (tinygpt.ranks): the processes of one run
+        measure apart, and must not train in different precisions."""
+        if self.bf16_if_fast:
+            _ = self.device  # the processes are set up as TrainingArguments sets them up (its backend, timeout)
+            self.bf16 = decided_by_rank_zero(self.bf16)
+            self.mixed_precision = "bf16" if self.bf16 else "no"  # what Trainer's accelerator is built with
 
 
 def parse_arguments(argv: list[str]):
@@ -252,6 +261,13 @@ class TinyGPTTrainer(Trainer):
 
     def __init__(self, *args, block_size: int, started: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.label_smoother is not None and self.compute_loss_func is None:
+            # Trainer shifts the labels for label smoothing only for transformers' own causal-LM classes; TinyGPT
+            # predicts the next token too, so its smoothed loss is taken from shifted labels (Trainer's public
+            # compute_loss_func: the model returns logits when the labels are taken out).
+            smoother = self.label_smoother
+            self.compute_loss_func = lambda outputs, labels, num_items_in_batch=None: smoother(
+                outputs, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
         self.block_size = block_size
         self.started = process_start_time() if started is None else started
         self.schedule: Schedule | None = None  # a TimeBudget attached to this trainer gives its own
@@ -297,6 +313,7 @@ def run_training(argv: list[str]) -> dict:
     """Set up (arguments, output folder, data, tokenizer, model), train, evaluate, save, summarise."""
     started = process_start_time()
     model_args, data_args, args = parse_arguments(argv)
+    args.follow_rank_zero()
     checkpoint = prepare_output_dir(args.output_dir, model_args.resume)
     raw = load_raw_datasets(data_args, seed=args.seed)
     tokenizer = load_or_build_tokenizer(model_args, raw, Path(args.output_dir), args)
@@ -323,6 +340,9 @@ def run_training(argv: list[str]) -> dict:
     if budget:
         budget.attach(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    if args.world_size > 1:  # the processes follow one plan (tinygpt.ranks): each says where it ended
+        print(f"process {args.process_index} of {args.world_size}: trained {trainer.state.global_step} steps",
+              flush=True)
     metrics = trainer.evaluate(validation)  # all of it, as `tinygpt eval` does
     model.config.use_cache = True  # Trainer turns the cache off for training; generation wants it back
     trainer.save_model(args.output_dir)  # model.safetensors, config.json + code files, tokenizer, generation_config
@@ -350,8 +370,13 @@ def _auto_shape(model_args: ModelArguments, data_args, args, tokenizer, started:
         return _fresh_config(dataclasses.replace(model_args, config_overrides=text), len(tokenizer),
                              data_args.block_size, special)
 
-    overrides, decision = pick_shape(model_args.auto_shape, make_config, args, block_size,
-                                     args.time_budget * 60 - (time.time() - started))
+    # process 0 measures alone (the others would share its cores and slow its measurement) and every process
+    # trains the shape it chose
+    chosen = None
+    if is_deciding_process():
+        chosen = pick_shape(model_args.auto_shape, make_config, args, block_size,
+                            args.time_budget * 60 - (time.time() - started))
+    overrides, decision = decided_by_rank_zero(chosen)
     model_args.config_overrides = ",".join(f"{key}={value}" for key, value in overrides.items())
     return decision
 
