@@ -1,7 +1,7 @@
 """Serving throughput and latency under concurrent users (BENCHMARKS.md, "Serving"):
-- `tinygpt serve` (transformers' server) with OpenAI clients: one request after another against transformers'
-  continuous batching, for a trained model and the seed shape, with the same weights served as transformers' own
-  GPT-Neo as the baseline;
+- `tinygpt serve` with OpenAI clients: one request after another (--max-batch 1) against requests decoded together
+  (each --max_batches value), for a trained model and the seed shape, with the same weights served as
+  transformers' own GPTNeoForCausalLM (`tinygpt export gpt-neo`) as the baseline;
 - the Gradio playground (`tinygpt app`) with Gradio clients: one visitor at a time (--max-batch 1, the queue as it
   was) against visitors decoded together (the default).
 
@@ -36,6 +36,7 @@ class Args:
     model: str = field(default="runs/cpu", metadata={"help": "a trained TinyGPT folder (its tokenizer also serves "
                                                              "the seed shape)"})
     concurrency: str = field(default="1,4,8,16", metadata={"help": "clients at once, comma-separated"})
+    max_batches: str = field(default="1,8,16", metadata={"help": "the server's --max-batch values, comma-separated"})
     per_client: int = field(default=2, metadata={"help": "requests each client sends, one after another"})
     max_tokens: int = 100
     visitors: int = field(default=8, metadata={"help": "playground: visitors at once"})
@@ -66,17 +67,17 @@ def level(client, name: str, clients: int, per_client: int, max_tokens: int) -> 
             "p95_s": round(latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 2)}
 
 
-def bench(folder: str, label: str, mode: str, args: Args) -> list[dict]:
+def bench(folder: str, label: str, max_batch: int, args: Args) -> list[dict]:
     import openai
 
     port = free_port()
-    command = [sys.executable, "-m", "tinygpt", "serve", folder, "--port", str(port), "--continuous-batching", mode]
+    command = [sys.executable, "-m", "tinygpt", "serve", folder, "--port", str(port), "--max-batch", str(max_batch)]
     rows = []
     for _ in running_server(command, f"http://127.0.0.1:{port}/health", timeout=300):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=900)
         level(client, folder, 1, 1, 8)  # warm-up: the first request pays for setting up
         for clients in map(int, args.concurrency.split(",")):
-            row = {"model": label, "batching": "continuous" if mode == "on" else "sequential",
+            row = {"model": label, "batching": f"max batch {max_batch}",
                    **level(client, folder, clients, args.per_client, args.max_tokens)}
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -125,11 +126,12 @@ def main(argv=None) -> None:
         seed = Path(tmp) / "seed"
         TinyGPTForCausalLM(TinyGPTConfig.from_preset("tinystories-41m")).save_pretrained(seed)
         AutoTokenizer.from_pretrained(args.model).save_pretrained(seed)
+        batches = [int(b) for b in args.max_batches.split(",")]
         for folder, label in ((args.model, "trained " + Path(args.model).name), (str(seed), "seed 41M")):
             neo = export_gpt_neo(folder, Path(tmp) / (label.replace(" ", "-") + "-gpt-neo"))
-            rows += bench(str(neo), label + " as GPTNeoForCausalLM", "off", args)
-            for mode in ("off", "on"):
-                rows += bench(folder, label, mode, args)
+            rows += bench(str(neo), label + " as GPTNeoForCausalLM", max(batches), args)
+            for max_batch in batches:
+                rows += bench(folder, label, max_batch, args)
     report(rows, args)
 
 

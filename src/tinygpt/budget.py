@@ -7,7 +7,8 @@ itself (seconds per training step, seconds per evaluated block, the time the sam
 every step until the schedule starts to depend on it: at the end of the warm-up for schedules that decay from
 there (cosine, linear), at the start of the decay for warmup-stable-decay, whose stable phase is flat, and in any
 case not before 15% of the steps, when the speed has settled. Then the plan is fixed: it is logged, saved in the
-checkpoints (with the scheduler's state, so a resumed run keeps it) and shown by the progress bar. From then on
+checkpoints (with the scheduler's state: a resumed run finishes the plan of its checkpoint, fixed or not yet, and
+neither measures nor re-plans) and shown by the progress bar. From then on
 it follows the speed (a shared machine's moves by 10-20%): every 10 steps it is fitted again to the median of
 the last 50 steps, and if the machine slowed down the steps that no longer fit are taken off the end, if it sped
 up by more than 1% steps are added; the rest of the schedule follows the new end (the decay steepens or
@@ -161,7 +162,7 @@ class TimeBudget(TrainerCallback):
             # A resumed run finishes the plan saved in its checkpoint (restored with the scheduler), fixed or not
             # yet: the same steps at the same learning rates as the uninterrupted run had planned. It neither
             # measures nor re-plans: this process's clock started late, and a plan fitted to it would be a new
-            # budget (docs/training.md, "Resuming").
+            # budget (docs/training.md, "Resuming a budgeted run").
             self.schedule.planned = self.resumed = True
             self.decision.update(planned_steps=self.schedule.total_steps, resumed_at_step=state.global_step)
         if self.schedule.planned:

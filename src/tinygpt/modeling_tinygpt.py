@@ -297,6 +297,9 @@ class TinyGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TinyGPTBlock"]
     _skip_keys_device_placement = [CACHE_FIELD]
     _supports_sdpa = True
+    # Attention goes through ALL_ATTENTION_FUNCTIONS with the kwargs passed down: what vLLM's Transformers modeling
+    # backend checks (`is_backend_compatible`) before it runs a model with its own attention (docs/deployment.md).
+    _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": TinyGPTBlock, "attentions": TinyGPTAttention}
 
 
