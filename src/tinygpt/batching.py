@@ -21,7 +21,7 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
                           StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-MAX_BATCH = 8  # stories decoded together (BENCHMARKS.md, "Serving")
+MAX_BATCH = 8  # stories decoded together, the playground's default (tinygpt serve: its own; BENCHMARKS.md, "Serving")
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 

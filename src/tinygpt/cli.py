@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-batch", type=int, default=None,
                        help="the most requests decoded together (1: one after another; default "
-                            "tinygpt.batching.MAX_BATCH; BENCHMARKS.md, Serving)")
+                            "tinygpt.serve.MAX_BATCH; BENCHMARKS.md, Serving)")
     serve.add_argument("--device", default="auto", help="e.g. cpu, cuda:0; auto: a GPU if there is one")
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="for a Hub model whose code tinygpt does not provide")
