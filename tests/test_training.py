@@ -199,13 +199,13 @@ def test_kill_9_then_resume_finishes_with_no_partial_checkpoint(corpus, tokenize
 
 def _scheduler_plan(checkpoint: Path):
     """The learning-rate schedule saved in a checkpoint (tinygpt.budget.Schedule's attributes, with the
-    scheduler's state) and the peak learning rate."""
+    scheduler's state), the peak learning rate, and the rate the next step trains with."""
     from tinygpt.budget import Schedule
 
     state = torch.load(checkpoint / "scheduler.pt", weights_only=False)
     saved = state["lr_lambdas"][0]
     schedule = Schedule(saved["name"], saved["warmup"], saved["total_steps"], saved["kwargs"])
-    return schedule, state["base_lrs"][0]
+    return schedule, state["base_lrs"][0], state["_last_lr"][0]
 
 
 @pytest.mark.slow
@@ -230,7 +230,7 @@ def test_a_resumed_budgeted_run_finishes_the_plan_of_its_checkpoint(corpus, toke
     process.wait()
     checkpoint = next(c for c in out.glob("checkpoint-*") if (c / "checkpoint_complete").is_file())
     killed_at = int(checkpoint.name.split("-")[1])
-    schedule, peak = _scheduler_plan(checkpoint)
+    schedule, peak, next_rate = _scheduler_plan(checkpoint)
     assert killed_at < schedule.total_steps < 100_000  # a plan, with steps left to train
     resumed = train_hf(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -240,7 +240,11 @@ def test_a_resumed_budgeted_run_finishes_the_plan_of_its_checkpoint(corpus, toke
               json.loads((out / "trainer_state.json").read_text())["log_history"] if "learning_rate" in entry}
     after = [step for step in logged if step > killed_at]
     assert len(after) == schedule.total_steps - killed_at
-    for step in after:  # Trainer logs at step s the rate step s trained with: the schedule's factor at s - 1
+    # Trainer logs at step s the rate step s trained with: the schedule's factor at s - 1. The first step after the
+    # checkpoint trains with the rate the scheduler had already set when the plan last moved (as the uninterrupted
+    # run would: tinygpt.budget, _set_total), which the checkpoint keeps.
+    assert logged[killed_at + 1] == pytest.approx(next_rate, rel=1e-9, abs=1e-15)
+    for step in after[1:]:
         assert logged[step] == pytest.approx(peak * schedule(step - 1), rel=1e-9, abs=1e-15), step
 
 
