@@ -134,11 +134,16 @@ def cmd_serve(args) -> None:
     from .serve import serve
 
     _check_model_folder(args.model)
-    if args.max_batch is not None and args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
-    options = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    options = _max_batch(args)
     serve(args.model, host=args.host, port=args.port, device=args.device, trust_remote_code=args.trust_remote_code,
           **options)
+
+
+def _max_batch(args) -> dict:
+    """--max-batch of `tinygpt serve` and `tinygpt app`, as options (none given: the command's default)."""
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    return {} if args.max_batch is None else {"max_batch": args.max_batch}
 
 
 def cmd_lm_eval_tasks(args) -> None:
@@ -158,9 +163,7 @@ def cmd_app(args) -> None:
 
     for model in args.model:
         _check_model_folder(model)
-    if args.max_batch is not None and args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
-    options = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    options = _max_batch(args)
     build_app(args.model, **options).launch(server_name=args.host, server_port=args.port, show_error=True)
 
 

@@ -49,6 +49,7 @@ def accepts_past_key_values(forward):
         return forward(self, *args, **kwargs)
     return with_either_name
 
+
 # ----------------------------------------------------------------------------- input checks and mask helpers
 
 

@@ -124,9 +124,9 @@ class TinyGPTTrainingArguments(TrainingArguments):
 
     def follow_rank_zero(self) -> None:
         """bf16-if-fast as process 0 measured it, on every process (tinygpt.ranks): the processes of one run
-        measure apart, and must not train in different precisions."""
+        measure apart, and must not train in different precisions. Called before anything else asks tinygpt.ranks."""
+        _ = self.device  # the processes set up as TrainingArguments sets them up (its backend, timeout), first
         if self.bf16_if_fast:
-            _ = self.device  # the processes are set up as TrainingArguments sets them up (its backend, timeout)
             self.bf16 = decided_by_rank_zero(self.bf16)
             self.mixed_precision = "bf16" if self.bf16 else "no"  # what Trainer's accelerator is built with
 
