@@ -27,7 +27,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import export_gpt_neo
-from tinygpt.processes import free_port, running_server
+from processes import free_port, running_server  # benchmarks/ is on the path when this file runs as a script
 from tinygpt.throughput import machine
 
 

@@ -7,16 +7,18 @@
 The step of `--preset cpu` (batch 16 x 256, Muon 4e-3 + AdamW, gradient clipping, float32 or the bf16 autocast
 that `--bf16_if_fast` picks) in variants that add one change at a time:
 - committed: the output head's full float32 logits and transformers' cross-entropy (the eval-mode forward path),
-  Muon orthogonalising one matrix at a time, AdamW's foreach implementation (the step as of 1657428);
+  Muon orthogonalising one matrix at a time, AdamW's foreach implementation;
 - chunked loss: the training forward path, `LinearCrossEntropy` (no full logits);
-- + batched Muon, fused AdamW: tinygpt.optim as it is (the recipe's step);
-- + compiled blocks: each block `torch.compile`d (compile time reported separately);
+- + batched Muon, fused AdamW: tinygpt.optim as it is (the recipe's float32 step);
+- + compiled, eager attention: the model `torch.compile`d with the eager attention (compile time reported
+  separately; tinygpt.optim.attend_for_compiled_training): the recipe's step where `--bf16_if_fast` picks bf16;
 - GPT-Neo: transformers' GPTNeoForCausalLM at the same shape, AdamW (the reference implementation).
 Medians over the timed steps after a warm-up, variants interleaved round by round so drift hits all alike; then
 torch.profiler over the recipe's step by op family, each family's share and, for the matrix products and the
 attention, its own FLOP/s. Results as JSON lines and a table; `--out FILE` keeps the JSON.
 """
 
+import copy
 import json
 import statistics
 import time
@@ -30,12 +32,13 @@ from transformers import GPTNeoForCausalLM, HfArgumentParser
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import tinygpt_config_to_gpt_neo
 from tinygpt.optim import Muon, MuonWithAdamW, fast_bfloat16, muon_parameter_names, orthogonalise
+from tinygpt.shape import shape_overrides, training_step
 from tinygpt.throughput import machine, matmul_peak_flops, model_flops_per_token
 
 
 @dataclass
 class Args:
-    shape: str = "128x8"  # hidden x layers (4 heads)
+    shape: str = "160x8"  # hidden x layers (heads of 32, as --auto_shape builds them)
     batch: int = 16
     block: int = 256
     rounds: int = 6  # timed steps per variant, interleaved
@@ -75,25 +78,18 @@ def variant(name: str, config: TinyGPTConfig, bf16: bool):
     if name == "GPT-Neo":
         model = GPTNeoForCausalLM(tinygpt_config_to_gpt_neo(config))
         return model, torch.optim.AdamW(model.parameters(), lr=4e-3, betas=(0.9, 0.95), fused=True), True
-    model = TinyGPTForCausalLM(config)
+    model = TinyGPTForCausalLM(copy.deepcopy(config))  # its own config: the attention set below is the config's
     opt = optimizer(model, committed=name in ("committed", "chunked loss"))
-    if name == "+ compiled blocks":
-        for layer in model.model.layers:
-            layer.compile()
+    if name == "+ compiled, eager attention":
+        model.set_attn_implementation("eager")  # as attend_for_compiled_training does on a CPU
+        model = torch.compile(model)
     # eval mode = the full-logits loss path (the model has no dropout, so the function is the same)
     return model, opt, name != "committed"
 
 
 def step(model, opt, train_mode: bool, ids, bf16: bool) -> float:
     model.train(train_mode)
-    start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return training_step(model, opt, ids, bf16)  # the step --auto_shape measures (tinygpt.shape)
 
 
 FAMILIES = {"matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -127,12 +123,12 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     hidden, layers = map(int, args.shape.split("x"))
-    config = TinyGPTConfig.from_preset("tinystories-cpu", hidden_size=hidden, num_hidden_layers=layers,
-                                       vocab_size=8001, max_position_embeddings=args.block)
+    config = TinyGPTConfig.from_preset("tinystories-cpu", **shape_overrides(hidden, layers), vocab_size=8001,
+                                       max_position_embeddings=args.block)
     bf16 = fast_bfloat16()  # what --bf16_if_fast picks on this machine
     ids = torch.randint(0, config.vocab_size, (args.batch, args.block), generator=torch.Generator().manual_seed(0))
     names = ["committed", "chunked loss", "+ batched Muon, fused AdamW"] + \
-        (["+ compiled blocks"] if args.compile else []) + ["GPT-Neo"]
+        (["+ compiled, eager attention"] if args.compile else []) + ["GPT-Neo"]
     built, warm = {}, {}
     for name in names:
         built[name] = variant(name, config, bf16)

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.data import read_stories
 from tinygpt.optim import MuonWithAdamW, adamw_groups, muon_parameter_names
+from tinygpt.training import zero_init_residual
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories"
 
@@ -64,10 +65,8 @@ def run(spec: dict, train: torch.Tensor, valid: torch.Tensor, vocab: int, eos: i
                            bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=spec.get("tied", False),
                            intermediate_size=spec.get("mlp"))
     model = TinyGPTForCausalLM(config).train()
-    if spec.get("zero_init_residual"):  # the blocks start as the identity: residual projections at zero
-        for layer in model.model.layers:
-            torch.nn.init.zeros_(layer.attn.out_proj.weight)
-            torch.nn.init.zeros_(layer.mlp.fc_out.weight)
+    if spec.get("zero_init_residual"):
+        zero_init_residual(model)
     opt = optimizer(model, spec)
     steps = spec.get("tokens", 1_000_000) // (B * T)
     warmup = max(1, int(0.05 * steps))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
-from tinygpt.processes import free_port, running_server  # noqa: F401  (the tests' one way to run a server)
+from processes import free_port, running_server  # noqa: F401  (benchmarks/processes.py, shared with the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"

@@ -1,6 +1,7 @@
 """The story playground: Gradio's Python client against the running app (as a visitor reaches it, over HTTP),
 and a real headless Chromium."""
 
+import functools
 import json
 import shutil
 import subprocess
@@ -58,7 +59,7 @@ def test_a_prompt_gives_a_story_and_a_seed_repeats_it(app_url):
     (dict(prompt="   "), "Write a prompt first"),
     (dict(prompt="Once upon a time " * 70_000), "The prompt is 1,190,000 characters long; this playground takes at "
                                                 "most 10,000"),
-    (dict(max_new_tokens=1000), "Max new tokens (1000) is too many: the model has 64 positions"),
+    (dict(max_new_tokens=1000), "plus Max new tokens (1000) is past the model's 64 positions"),
     (dict(temperature="warm"), "Could not preprocess input component"),
     (dict(max_new_tokens="many"), "Could not preprocess input component"),
 ])
@@ -170,6 +171,23 @@ def test_example_prompts_are_the_ones_the_models_training_sampled(tmp_path):
     assert example_prompts([str(trained)]) == DEFAULT_PROMPTS
     assert example_prompts([str(trained), str(other), str(bare)]) == [*DEFAULT_PROMPTS, "A cat"]
     assert example_prompts([str(bare)]) == ["Once upon a time"]
+
+
+def test_example_prompts_of_a_hub_model_come_from_its_cached_summary(tmp_path, monkeypatch):
+    """A Hub id goes through huggingface_hub's public download (here offline, from a cache laid out as the Hub
+    client lays it out); a repository without a summary gets the default prompt."""
+    from tinygpt import app
+
+    revision = "0" * 40
+    snapshot = tmp_path / "models--someone--stories" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "training_summary.json").write_text(json.dumps({"samples": [{"prompt": "A cat", "story": "..."}]}))
+    (tmp_path / "models--someone--stories" / "refs").mkdir()
+    (tmp_path / "models--someone--stories" / "refs" / "main").write_text(revision)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at each download
+    monkeypatch.setattr(app, "hf_hub_download", functools.partial(app.hf_hub_download, cache_dir=tmp_path))
+    assert app.example_prompts(["someone/stories"]) == ["A cat"]
+    assert app.example_prompts(["someone/uncached"]) == ["Once upon a time"]
 
 
 def test_stop_cancels_a_story_and_the_app_serves_the_next(app_url):

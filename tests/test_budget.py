@@ -7,7 +7,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
 
-from tinygpt.budget import Schedule, TimeBudget
+from tinygpt.budget import UNBOUNDED_STEPS, Schedule, TimeBudget
 
 
 def scheduler(schedule: Schedule) -> LambdaLR:
@@ -116,7 +116,7 @@ def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(
     # an explicit option wins over the recipe's
     _, _, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path), "--lr_scheduler_type", "cosine"])
     assert args.lr_scheduler_type == "cosine"
-    assert model_args.auto_shape == "96x6,128x8,160x8"  # the shape is measured for the machine
+    assert model_args.auto_shape == "96x6,128x8,160x8,192x8"  # the shape is measured for the machine
     model_args, _, _ = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path),
                                         "--config_overrides", "hidden_size=96"])
     assert model_args.auto_shape is None  # a shape on the command line wins
@@ -186,7 +186,9 @@ def test_a_budget_attached_with_one_call_plans_the_trainers_schedule_and_progres
     # factor's share and the planner's own evaluation step: about 43 steps of 1 s
     assert 40 <= plan <= 45 and trainer.state.global_step == plan == budget.schedule.total_steps
     assert budget.eval_seconds and budget.eval_seconds[0] < 5  # the trainer's eval_runtime, not the fake clock
-    assert totals[0] is None and totals[-1] == plan  # no made-up total before the first estimate
+    # no total while the estimate moves (a redrawn bar writes a line to a log at every change), then the plan
+    decided = budget.decision["decided_at_step"]
+    assert set(totals[:decided - 1]) == {None} and set(totals[decided:]) == {plan}
     assert trainer.lr_scheduler.lr_lambdas[0] is budget.schedule
     assert lr_seen[0] < lr_seen[5] == pytest.approx(1e-3) and lr_seen[-1] < 1e-4  # warm-up, stable, decayed
     assert trainer.args.max_steps == -1 != UNBOUNDED_STEPS
@@ -200,3 +202,37 @@ def test_the_plan_keeps_a_stop_another_callback_asked_for():
     decided = simulate()[1].decision["decided_at_step"]
     _, _, state, _ = simulate(stop_at=decided)
     assert state.global_step == decided
+
+
+def test_shares_of_the_plan_evaluate_and_save_at_each_quarter_also_before_the_plan_is_fixed():
+    """--eval_steps/--save_steps 0.25: an evaluation and a checkpoint at about 25%, 50% and 75% of the planned steps,
+    although the first two come while the plan is an estimate that moves at every step (Trainer's own
+    `step % interval == 0` misses those: a measured run evaluated and saved first at 75%)."""
+    clock = FakeClock()
+    args = TrainingArguments(output_dir="unused", eval_strategy="steps", eval_steps=0.25, save_strategy="steps",
+                             save_steps=0.25, report_to=[])
+    state = TrainerState()
+    planner = TimeBudget(Schedule("warmup_stable_decay", 5, UNBOUNDED_STEPS, {"decay_ratio": 0.2}),
+                         started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10,
+                         clock=clock.time)
+    evaluated, saved = [], []
+    for step in range(1, 1000):
+        clock.now += 1.0 + 0.02 * (step % 3)  # noisy steps: the estimate moves at every step
+        state.global_step = step
+        control = TrainerControl()
+        planner.on_step_end(args, state, control)
+        if control.should_evaluate:
+            clock.now += 10.0
+            evaluated.append(step)
+            planner.on_evaluate(args, state, control, metrics={"eval_loss": 1.0, "eval_runtime": 10.0})
+        if control.should_save:
+            saved.append(step)
+            planner.on_save(args, state, control)
+        if control.should_training_stop:
+            break
+    plan = planner.decision["planned_steps"]
+    assert planner.decision["decided_at_step"] > plan // 2  # the first two quarters come before the plan is fixed
+    for quarter in (1, 2, 3):
+        assert [s for s in evaluated if abs(s - quarter * plan / 4) <= 0.03 * plan], (quarter, plan, evaluated)
+        assert [s for s in saved if abs(s - quarter * plan / 4) <= 0.03 * plan], (quarter, plan, saved)
+    assert len(evaluated) <= 5 and len(saved) <= 4, (plan, evaluated, saved)  # calibration, 3 quarters, the end

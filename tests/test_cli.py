@@ -65,7 +65,7 @@ def test_generate_streams_text_and_rejects_bad_input(tmp_path):
     assert tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "6", "Once upon a time").stdout \
         == result.stdout
     too_long = tinygpt("generate", "--model", str(tmp_path), "--max-new-tokens", "100", "Once upon a time")
-    assert too_long.returncode == 2 and "exceeds the model's 64 positions" in too_long.stderr
+    assert too_long.returncode == 2 and "past the model's 64 positions" in too_long.stderr
     missing = tinygpt("generate", "--model", str(tmp_path / "nope"), "hi")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     no_app = tinygpt("app", "--model", str(tmp_path), "--model", str(tmp_path / "nope"))

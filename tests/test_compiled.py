@@ -45,5 +45,5 @@ def test_compiled_generation_matches_eager_across_calls_shapes_and_weight_change
 def test_compiled_generation_rejects_too_long_requests():
     model = tiny_model()
     ids = torch.zeros(1, 10, dtype=torch.long)
-    with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+    with pytest.raises(ValueError, match="past the model's 64 positions"):
         CompiledGenerator(model).generate(ids, max_new_tokens=60)

@@ -100,7 +100,7 @@ def test_card_metadata_parses_and_matches_model_and_summary(trained, tmp_path):
     assert meta["license"] == "mit" and meta["datasets"] == ["roneneldan/TinyStories"]
     assert meta["pipeline_tag"] == "text-generation" and meta["library_name"] == "transformers"
     summary = json.loads((trained / "training_summary.json").read_text())
-    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    metrics = {m["type"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
     assert metrics["bits_per_byte"] == round(summary["eval"]["eval_bits_per_byte"], 4)
     assert metrics["perplexity"] == round(summary["eval"]["eval_perplexity"], 4)
     assert metrics["accuracy"] == round(summary["consistency"]["accuracy"], 4)
@@ -110,6 +110,20 @@ def test_card_metadata_parses_and_matches_model_and_summary(trained, tmp_path):
     assert "trust_remote_code=True" in card.text and "user/tiny-stories" in card.text
     assert f"{summary['eval']['eval_bits_per_byte']:.4f}" in card.text
     assert summary["samples"][0]["story"].split("\n")[0] in card.text
+    # the held-out figures name the data they were measured on: here the run's --validation_file
+    valid = Path(summary["data"]["validation_file"][0]).name
+    splits = {m["type"]: r["dataset"]["split"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert splits["bits_per_byte"] == splits["loss"] == valid and f"on the validation file {valid}" in card.text
+
+
+def test_figures_on_a_held_out_part_of_the_training_files_are_not_called_the_validation_split():
+    from tinygpt.summary import RunSummary
+
+    held = RunSummary(data={"train_file": ["../shared/train.txt", "x/more.txt"], "validation_file": None,
+                            "validation_split_percentage": 2.0})
+    assert held.evaluated_on() == ("held-out 2% of train.txt, more.txt",
+                                   "2% of the stories in train.txt, more.txt held out from training")
+    assert RunSummary(data={"dataset": "roneneldan/TinyStories"}).evaluated_on()[0] == "validation"
 
 
 def test_upload_calls_the_hub_api_with_the_right_arguments(trained, tmp_path, fake_hub, monkeypatch, capsys, caplog):

@@ -65,7 +65,7 @@ def test_sampling_int8_and_the_position_limit(exported):
     assert np.array_equal(generator.generate(ids, max_new_tokens=20, do_sample=True, top_k=1),
                           generator.generate(ids, max_new_tokens=20))  # top-k 1 is greedy
     assert generator.generate(ids, max_new_tokens=500).shape[1] == 64  # stops at the model's last position
-    with pytest.raises(ValueError, match="the prompt has 64 tokens; the model has 64 positions"):
+    with pytest.raises(ValueError, match="the prompt is 64 tokens, but the model has 64 positions"):
         generator.generate(np.zeros((1, 64), np.int64))
     int8 = OnnxGenerator(out, int8=True)
     assert (out / INT8_FILE).stat().st_size < 0.5 * (out / ONNX_FILE).stat().st_size

@@ -141,3 +141,25 @@ def test_muon_allocates_its_momentum_buffers_once(monkeypatch):
     monkeypatch.setattr(torch, "zeros_like", lambda *a, **k: made.append(1) or real(*a, **k))
     muon.step()
     assert not made and all(muon.state[p]["momentum_buffer"] is b for p, b in zip(params, buffers))
+
+
+def test_bf16_if_fast_compiles_only_a_bf16_cpu_run_with_a_compiler(monkeypatch, tmp_path):
+    """Compiling speeds up the bf16 step and not the float32 one (BENCHMARKS.md, "The training step"); inductor
+    needs a C++ compiler, so without one the run trains uncompiled instead of failing."""
+    import sys
+    from types import SimpleNamespace
+
+    import tinygpt.training as training
+    from tinygpt.optim import compile_pays
+
+    monkeypatch.setenv("CXX", sys.executable)  # any program on the path stands for inductor's compiler here
+    for fast, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(training, "fast_bfloat16", lambda fast=fast: fast)
+        args = training.TinyGPTTrainingArguments(output_dir=str(tmp_path), bf16_if_fast=True, use_cpu=True,
+                                                 report_to=[])
+        assert (args.bf16, args.torch_compile) == (fast, expected)
+    bf16_cpu = SimpleNamespace(bf16=True, use_cpu=True)
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert not compile_pays(bf16_cpu)
+    monkeypatch.setenv("CXX", sys.executable)
+    assert compile_pays(bf16_cpu) and not compile_pays(SimpleNamespace(bf16=True, use_cpu=False))

@@ -149,3 +149,36 @@ def test_export_gpt_neo_gives_a_native_folder_with_the_same_logits(tmp_path):
     ids = torch.tensor([[5, 17, 300, 4000, 12, 9, 7, 7, 1] * 3])
     torch.testing.assert_close(neo(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
     assert AutoTokenizer.from_pretrained(tmp_path / "neo").model_max_length == 64
+
+
+@pytest.mark.parametrize("name, value, label, message", [
+    ("temperature", -1, "temperature", "temperature must be a number >= 0 and <= 5, got -1"),
+    ("temperature", "warm", "Temperature", "Temperature must be a number, got 'warm'"),
+    ("top_p", 0, "top_p", "top_p must be a number > 0 and <= 1, got 0"),
+    ("top_k", 2.5, "--top-k", "--top-k must be a whole number, got 2.5"),
+    ("seed", True, "seed", "seed must be a number, got True"),
+    ("top_k", float("inf"), "Top-k", "Top-k must be a number, got inf"),
+    ("repetition_penalty", 4, "Repetition penalty", "Repetition penalty must be a number >= 0.5 and <= 3, got 4"),
+])
+def test_one_rule_checks_every_sampling_setting_and_names_it_as_the_caller_does(name, value, label, message):
+    from tinygpt.batching import SettingError, checked
+
+    with pytest.raises(SettingError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
+        checked(name, value, label)
+    assert checked("top_k", 50.0) == 50 and isinstance(checked("top_k", 50.0), int)
+    assert checked("temperature", 0) == 0  # greedy
+
+
+def test_one_rule_fits_prompt_and_new_tokens_in_the_positions():
+    from tinygpt.batching import SettingError, new_tokens
+
+    assert new_tokens(10, None, 64) == 54  # all the positions the prompt leaves
+    assert new_tokens(10, 54, 64) == 54
+    with pytest.raises(SettingError, match=r"the prompt \(10 tokens\) plus --max-new-tokens \(55\) is past the "
+                                           r"model's 64 positions: ask for at most 54$"):
+        new_tokens(10, 55, 64, "--max-new-tokens")
+    with pytest.raises(SettingError, match="the prompt is 64 tokens, but the model has 64 positions: shorten it to "
+                                           "at most 63 tokens"):
+        new_tokens(64, None, 64)
+    with pytest.raises(SettingError, match="max_new_tokens must be a number >= 1, got 0"):
+        new_tokens(10, 0, 64)

@@ -313,3 +313,34 @@ def test_streaming_packs_the_same_blocks(corpus, tokenizer_dir):
                                      block_size=64)
     blocks = [row["input_ids"] for row in streamed.take(5)]
     assert blocks == loaded["input_ids"][:5]
+
+
+@pytest.mark.slow
+def test_the_compiled_bf16_step_tracks_the_float32_step():
+    """What --bf16_if_fast trains with on a CPU with bf16 units (the model compiled with its eager attention, bf16
+    autocast) gives the loss and gradients of the plain float32 step (SDPA, not compiled), to bf16's precision;
+    with global and local layers, and the wide init that makes the unscaled scores large."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_config
+    from tinygpt.optim import attend_for_compiled_training
+
+    torch.manual_seed(0)
+    reference = TinyGPTForCausalLM(tiny_config()).train()
+    trained = TinyGPTForCausalLM(tiny_config()).train()
+    trained.load_state_dict(reference.state_dict())
+    attend_for_compiled_training(trained, SimpleNamespace(torch_compile=True, use_cpu=True))
+    assert trained.config._attn_implementation == "eager"
+    compiled = torch.compile(trained)
+    ids = torch.randint(0, 96, (4, 48), generator=torch.Generator().manual_seed(0))
+    loss = reference(input_ids=ids, labels=ids).loss
+    loss.backward()
+    for _ in range(2):  # the second call runs the compiled code as compiled, not while compiling
+        trained.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_loss = compiled(input_ids=ids, labels=ids).loss
+        bf16_loss.backward()
+    assert abs(bf16_loss.item() - loss.item()) < 0.02 * loss.item()
+    for (name, p), q in zip(reference.named_parameters(), trained.parameters()):
+        similarity = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        assert similarity > 0.98, (name, similarity)

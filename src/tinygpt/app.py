@@ -18,12 +18,13 @@ import os
 
 import gradio as gr
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import cached_file
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 
 try:
-    from tinygpt.batching import MAX_BATCH, Story, StoryBatcher
+    from tinygpt.batching import MAX_BATCH, SettingError, Story, StoryBatcher, checked, new_tokens
 except ImportError:  # in a Space: `tinygpt space` copies batching.py beside this file
-    from batching import MAX_BATCH, Story, StoryBatcher
+    from batching import MAX_BATCH, SettingError, Story, StoryBatcher, checked, new_tokens
 
 MODEL_ENV = "TINYGPT_MODEL"
 MAX_PROMPT_CHARS = 10_000  # far more than any model's positions hold; refused before it is tokenized
@@ -48,18 +49,6 @@ def load(model: str):
     return tokenizer, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
 
 
-def _number(name: str, value, low: float, high: float, integer: bool = False):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}") from None
-    if integer and number != int(number):
-        raise gr.Error(f"{name} must be a whole number, got {value!r}")
-    if not low <= number <= high:
-        raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    return int(number) if integer else number
-
-
 def _check_prompt(prompt) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise gr.Error("Write a prompt first (for example: Once upon a time)")
@@ -76,17 +65,14 @@ def write_story(served: dict, model, prompt, max_new_tokens, temperature, top_k,
     prompt = _check_prompt(prompt)
     tokenizer, lm, batcher = served[model]
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    positions = lm.config.max_position_embeddings
-    room = positions - ids.shape[1]
-    max_new_tokens = _number("Max new tokens", max_new_tokens, 1, 100_000, integer=True)
-    if max_new_tokens > room:
-        raise gr.Error(f"Max new tokens ({max_new_tokens}) is too many: the model has {positions} positions and "
-                       f"the prompt takes {ids.shape[1]}, so at most {max(room, 0)}")
-    settings = dict(temperature=_number("Temperature", temperature, 0.05, 5.0),
-                    top_k=_number("Top-k", top_k, 0, lm.config.vocab_size, integer=True),
-                    top_p=_number("Top-p", top_p, 0.01, 1.0),
-                    repetition_penalty=_number("Repetition penalty", repetition_penalty, 0.5, 3.0))
-    seed = _number("Seed", seed, 0, 2**32 - 1, integer=True)
+    try:
+        max_new_tokens = new_tokens(ids.shape[1], max_new_tokens, lm.config.max_position_embeddings, "Max new tokens")
+        settings = {name: checked(name, value, label) for name, value, label in (
+            ("temperature", temperature, "Temperature"), ("top_k", top_k, "Top-k"), ("top_p", top_p, "Top-p"),
+            ("repetition_penalty", repetition_penalty, "Repetition penalty"))}
+        seed = checked("seed", seed, "Seed")
+    except SettingError as error:
+        raise gr.Error(str(error)) from None
     story = Story(ids[0], settings, seed, max_new_tokens)
     batcher.submit(story)
     try:
@@ -103,11 +89,22 @@ def example_prompts(models) -> list[str]:
     what the run's record shows), in order without repeats; "Once upon a time" for models without a summary."""
     prompts = []
     for model in models:
-        path = cached_file(model, SUMMARY_FILE, _raise_exceptions_for_missing_entries=False)
+        path = _summary_file(model)
         if path:
             with open(path, encoding="utf-8") as f:
                 prompts += [s["prompt"] for s in json.load(f).get("samples", []) if s.get("prompt")]
     return list(dict.fromkeys(prompts)) or ["Once upon a time"]
+
+
+def _summary_file(model: str) -> str | None:
+    """The path of a model's training summary: in its folder, or fetched from the Hub; None where it has none."""
+    if os.path.isdir(model):
+        path = os.path.join(model, SUMMARY_FILE)
+        return path if os.path.isfile(path) else None
+    try:
+        return hf_hub_download(model, SUMMARY_FILE)
+    except EntryNotFoundError:  # the repository has no such file (remote), or offline and not in the cache (local)
+        return None
 
 
 def sampling_defaults(model) -> dict:

@@ -1,7 +1,9 @@
 """Stories decoded together: the requests that wait while a batch runs form the next batch, one left-padded
 generate() call, each row with its own sampling settings, random generator, length and stop signal.
 
-Used by the playground (`tinygpt app`, visitors) and the server (`tinygpt serve`, OpenAI clients). Built only on
+Used by the playground (`tinygpt app`, visitors) and the server (`tinygpt serve`, OpenAI clients), which check what
+a story asks for with the rules here (`checked`, `new_tokens`: one set of bounds, one message each; `tinygpt
+generate`, the compiled and the ONNX generators use them too). Built only on
 generate()'s public hooks (a logits processor and a stopping criterion), so it works on every
 transformers release the model loads on. Self-contained (torch and transformers only): `tinygpt space` copies it
 beside the Space's app.py.
@@ -14,6 +16,7 @@ beside the Space's app.py.
 """
 
 import collections
+import math
 import queue
 import threading
 
@@ -23,6 +26,54 @@ from transformers import (LogitsProcessor, LogitsProcessorList, RepetitionPenalt
 
 MAX_BATCH = 8  # stories decoded together, the playground's default (tinygpt serve: its own; BENCHMARKS.md, "Serving")
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+# What a story may ask for, (lowest, highest): temperature 0 is greedy, top_k 0 and top_p 1 keep every token.
+BOUNDS = {"temperature": (0.0, 5.0), "top_k": (0, None), "top_p": (0.0, 1.0), "repetition_penalty": (0.5, 3.0),
+          "seed": (0, 2**63 - 1), "max_new_tokens": (1, None)}
+WHOLE = ("top_k", "seed", "max_new_tokens")  # whole numbers
+ABOVE_LOWEST = ("top_p",)  # top_p 0 would keep no token
+
+
+class SettingError(ValueError):
+    """A setting a story cannot have; the message names the setting, its value and the limit."""
+
+
+def checked(name: str, value, label: str | None = None):
+    """`value` as the number setting `name` takes (see BOUNDS), or a SettingError naming it as `label` (the
+    caller's own name for it: a form field, an API field, a command-line option)."""
+    label = label or name
+    low, high = BOUNDS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingError(f"{label} must be a number, got {value!r}")
+    if name in WHOLE:
+        if value != int(value):
+            raise SettingError(f"{label} must be a whole number, got {value!r}")
+        value = int(value)
+    if not (low < value if name in ABOVE_LOWEST else low <= value) or (high is not None and value > high):
+        lowest = f"> {low:g}" if name in ABOVE_LOWEST else f">= {low:g}"
+        raise SettingError(f"{label} must be a number {lowest}{'' if high is None else f' and <= {high:g}'}, "
+                           f"got {value!r}")
+    return value
+
+
+def new_tokens(prompt_tokens: int, max_new_tokens, positions: int, label: str = "max_new_tokens") -> int:
+    """How many tokens a story of a `prompt_tokens` prompt may add: `max_new_tokens`, or all the positions the
+    prompt leaves if None. A SettingError where the prompt, or the prompt and the new tokens, do not fit the
+    model's `positions` (the context it was trained on)."""
+    if prompt_tokens >= positions:
+        raise SettingError(f"the prompt is {prompt_tokens} tokens, but the model has {positions} positions: "
+                           f"shorten it to at most {positions - 1} tokens")
+    if max_new_tokens is None:
+        return positions - prompt_tokens
+    max_new_tokens = checked("max_new_tokens", max_new_tokens, label)
+    if prompt_tokens + max_new_tokens > positions:
+        raise SettingError(f"the prompt ({prompt_tokens} tokens) plus {label} ({max_new_tokens}) is past the "
+                           f"model's {positions} positions: ask for at most {positions - prompt_tokens}")
+    return max_new_tokens
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end-of-text token (as GPT-2's)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 class Story:
@@ -44,7 +95,7 @@ class StoryBatcher:
     def __init__(self, tokenizer, model, max_batch: int = MAX_BATCH):
         self.tokenizer, self.model, self.waiting, self.max_batch = tokenizer, model, queue.Queue(), max_batch
         self.batch_sizes = collections.Counter()  # how many batches of each size were decoded
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad = pad_token_id(tokenizer)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def submit(self, story: Story) -> None:
@@ -87,17 +138,24 @@ class StoryBatcher:
                             stopping_criteria=StoppingCriteriaList([RowProgress(batch, width, self.tokenizer)]))
 
 
+def warpers(settings: dict) -> list:
+    """transformers' own logits processors for a story's settings, in generate()'s order: repetition penalty,
+    temperature (none at 0: greedy), top-k (none at 0), top-p (none at 1). The one sampler of the package: the
+    batcher's rows and the ONNX generator choose through it."""
+    settings = {**GREEDY, **settings}
+    return [RepetitionPenaltyLogitsProcessor(settings["repetition_penalty"]),
+            *([TemperatureLogitsWarper(settings["temperature"])] if settings["temperature"] else []),
+            *([TopKLogitsWarper(settings["top_k"])] if settings["top_k"] > 0 else []),
+            *([TopPLogitsWarper(settings["top_p"])] if settings["top_p"] < 1 else [])]
+
+
 class RowSampler(LogitsProcessor):
     """Each row's next token chosen with its own settings and random generator (argmax at temperature 0); the
     chosen token is the only one left, so generate()'s greedy step takes it."""
 
     def __init__(self, batch: list, width: int):
         self.batch, self.width = batch, width
-        self.warpers = [[RepetitionPenaltyLogitsProcessor(s.settings["repetition_penalty"]),
-                         *([TemperatureLogitsWarper(s.settings["temperature"])] if s.settings["temperature"] else []),
-                         *([TopKLogitsWarper(s.settings["top_k"])] if s.settings["top_k"] > 0 else []),
-                         *([TopPLogitsWarper(s.settings["top_p"])] if s.settings["top_p"] < 1 else [])]
-                        for s in batch]
+        self.warpers = [warpers(s.settings) for s in batch]
 
     def __call__(self, input_ids, scores):  # (B, S), (B, V)
         chosen = torch.full_like(scores, float("-inf"))

@@ -37,6 +37,7 @@ from transformers import TrainerCallback, get_scheduler
 from transformers.trainer_callback import ProgressCallback
 
 from .ranks import decided_by_rank_zero, is_deciding_process, processes
+from .throughput import StepTimer
 
 # Schedules whose learning rate after the warm-up depends on the total number of steps.
 _DECAY_AFTER_WARMUP = {"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
@@ -137,13 +138,14 @@ class TimeBudget(TrainerCallback):
         self.started, self.budget_s, self.final_share, self.clock = started, budget_s, final_share, clock
         self.max_steps = max_steps  # an explicit --max_steps: the plan never exceeds it
         self.calibration_steps, self.margin_s = calibration_steps, margin_s
-        self.step_seconds: list[float] = []  # between the ends of consecutive steps with nothing else between
+        self.timer = StepTimer(clock)  # the plain steps; the run's throughput is reported from the same timer
         self.eval_seconds: list[float] = []  # the evaluation loop of an evaluation during training
         self.event_seconds: list[float] = []  # a step with an evaluation (and samples, saving) after it
         self.decision: dict = {}
         self._last_end: float | None = None
         self._eval_loop: float | None = None
         self.resumed = False  # a resumed run finishes its checkpoint's plan
+        self._first_step, self._marks_done = 0, {}  # where training began (a checkpoint's step); marks acted on
 
     def attach(self, trainer) -> None:
         """Plan `trainer`'s run (a TinyGPTTrainer, not yet trained): it trains by this budget's schedule until the
@@ -151,13 +153,14 @@ class TimeBudget(TrainerCallback):
         trainer.schedule = self.schedule
         trainer.add_callback(self)
         if trainer.pop_callback(ProgressCallback) is not None:
-            trainer.add_callback(PlannedProgress())
+            trainer.add_callback(PlannedProgress(self.schedule))
 
     # ---- measuring
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.max_steps == UNBOUNDED_STEPS:
             args.max_steps = -1  # Trainer has sized its loop; what is saved is the user's setting
+        self._first_step = state.global_step  # a resumed run's marks count from its checkpoint
         if state.global_step > 0 and self.schedule.total_steps != UNBOUNDED_STEPS:
             # A resumed run finishes the plan saved in its checkpoint (restored with the scheduler), fixed or not
             # yet: the same steps at the same learning rates as the uninterrupted run had planned. It neither
@@ -168,7 +171,13 @@ class TimeBudget(TrainerCallback):
         if self.schedule.planned:
             state.max_steps = self.schedule.total_steps
 
+    @property
+    def step_seconds(self) -> list[float]:
+        """Between the ends of consecutive steps with nothing else between (no evaluation, no saving)."""
+        return self.timer.seconds
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.timer.on_evaluate(args, state, control)
         if self._last_end is None or self._eval_loop is not None:
             return
         runtime = next((value for key, value in (metrics or {}).items() if key.endswith("_runtime")), None)
@@ -179,15 +188,33 @@ class TimeBudget(TrainerCallback):
         self._measure_and_plan(args, state, control)
         if processes() > 1:
             self._follow_rank_zero(args, state, control)
+        self._marks_passed(args, state, control)
+
+    def _marks_passed(self, args, state, control) -> None:
+        """Evaluations and checkpoints where the plan's shares of the run fall (--eval_steps, --save_steps below 1):
+        Trainer asks `step % interval == 0` of an interval that moves with every estimate while the plan is not yet
+        fixed, and so misses them (a run evaluated and saved only from 70% on); here a mark passed since the last
+        evaluation or checkpoint counts, once. Every process takes the same decision (from the shared plan)."""
+        if self.schedule.total_steps >= UNBOUNDED_STEPS:
+            return
+        for share, strategy, flag in ((args.eval_steps, args.eval_strategy, "should_evaluate"),
+                                      (args.save_steps, args.save_strategy, "should_save")):
+            if 0 < share < 1 and str(getattr(strategy, "value", strategy)) == "steps":
+                every = steps_of(share, self.schedule.total_steps)
+                marks = state.global_step // every  # marks passed by now, by the current plan
+                if marks > self._marks_done.setdefault(flag, self._first_step // every):
+                    setattr(control, flag, True)
+                    self._marks_done[flag] = marks
+
+    def on_save(self, args, state, control, **kwargs):
+        self.timer.on_save(args, state, control)
 
     def _measure_and_plan(self, args, state, control):
         now = self.clock()
-        if self._last_end is not None:
-            if self._eval_loop is None:
-                self.step_seconds.append(now - self._last_end)
-            else:
-                self.eval_seconds.append(self._eval_loop)
-                self.event_seconds.append(now - self._last_end)
+        self.timer.on_step_end(args, state, control)
+        if self._last_end is not None and self._eval_loop is not None:
+            self.eval_seconds.append(self._eval_loop)
+            self.event_seconds.append(now - self._last_end)
         self._last_end, self._eval_loop = now, None
         if self.schedule.planned:
             if (not self.resumed and len(self.step_seconds) > 2 and self.event_seconds
@@ -286,20 +313,24 @@ def steps_of(value: float, total: int) -> int:
 
 
 class PlannedProgress(ProgressCallback):
-    """Trainer's progress bar with the budget's plan as its total: none while the first steps are measured (the
-    placeholder step limit is no plan), then the estimate, then the plan as it follows the machine's speed."""
+    """Trainer's progress bar with the budget's plan as its total: none until the plan is fixed (the estimate moves
+    at every step before that, and a bar redrawn at every step writes a line each time to a log), then the plan,
+    which moves only when the machine's speed does (a refit). tqdm's documented `total` and `refresh()`."""
+
+    def __init__(self, schedule: Schedule):
+        super().__init__()
+        self.schedule = schedule
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:  # ProgressCallback's bar, created with the plan's total (or none)
-            self.training_bar = tqdm(total=self._total(state), dynamic_ncols=True)
+            self.training_bar = tqdm(total=self._total(), dynamic_ncols=True)
         self.current_step = 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.training_bar is not None and self.training_bar.total != self._total(state):
-            self.training_bar.total = self._total(state)
+        if self.training_bar is not None and self.training_bar.total != self._total():
+            self.training_bar.total = self._total()
             self.training_bar.refresh()
         super().on_step_end(args, state, control, **kwargs)
 
-    @staticmethod
-    def _total(state) -> int | None:
-        return None if state.max_steps in (UNBOUNDED_STEPS, 0) else state.max_steps
+    def _total(self) -> int | None:
+        return self.schedule.total_steps if self.schedule.planned else None

@@ -36,6 +36,8 @@ def cmd_generate(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
 
+    from .batching import checked, new_tokens, pad_token_id
+
     _check_model_folder(args.model)
     onnx = (Path(args.model) / "onnx" / "model.onnx").is_file()  # a folder written by `tinygpt export onnx`
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -48,24 +50,21 @@ def cmd_generate(args) -> None:
         model = AutoModelForCausalLM.from_pretrained(args.model).eval()
         limit, generation = model.config.max_position_embeddings, model.generation_config
     inputs = tokenizer(args.prompt, return_tensors="pt")
-    used = inputs.input_ids.shape[1]
-    if args.max_new_tokens is not None and used + args.max_new_tokens > limit:
-        raise ValueError(f"prompt ({used} tokens) plus --max-new-tokens ({args.max_new_tokens}) exceeds the "
-                         f"model's {limit} positions")
+    room = new_tokens(inputs.input_ids.shape[1], args.max_new_tokens, limit, "--max-new-tokens")  # or refused
     # The model's generation_config (saved by training) says how to sample; the options given here override it.
-    settings = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p", "repetition_penalty")
-                if getattr(args, name) is not None}
-    if args.greedy:
-        settings["do_sample"] = False
+    settings = {name: checked(name, getattr(args, name), "--" + name.replace("_", "-"))
+                for name in ("temperature", "top_k", "top_p", "repetition_penalty") if getattr(args, name) is not None}
+    if args.greedy or settings.get("temperature") == 0:  # temperature 0 is greedy, as in the playground and server
+        settings = {k: v for k, v in settings.items() if k != "temperature"} | {"do_sample": False}
     elif settings:
         settings["do_sample"] = True
-    new_tokens = args.max_new_tokens or min(generation.max_new_tokens or 200, limit - used)
+    count = room if args.max_new_tokens is not None else min(generation.max_new_tokens or 200, room)
     streamer = TextStreamer(tokenizer, skip_special_tokens=True)
     if onnx:
         streamer.put(inputs.input_ids)  # the prompt first, as generate() streams it
         sampling = {k: v for k, v in {**generation.to_dict(), **settings}.items()
                     if k in ("do_sample", "temperature", "top_k", "top_p") and v is not None}
-        model.generate(inputs.input_ids.numpy(), max_new_tokens=new_tokens, eos_token_id=tokenizer.eos_token_id,
+        model.generate(inputs.input_ids.numpy(), max_new_tokens=count, eos_token_id=tokenizer.eos_token_id,
                        seed=args.seed, streamer=streamer, **sampling)
         return
     torch.manual_seed(args.seed)
@@ -75,9 +74,9 @@ def cmd_generate(args) -> None:
         model = CompiledGenerator(model)
     model.generate(
         **inputs,
-        max_new_tokens=new_tokens,
+        max_new_tokens=count,
         streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        pad_token_id=pad_token_id(tokenizer),
         **settings,
     )
 

@@ -17,7 +17,14 @@ Why a wrapper and not just `model.generate(cache_implementation="static", compil
   cache per (batch, length) shape, shared by all its generators and reset between calls, and the caches'
   shapes are marked static, so a new shape compiles its own graph instead of going dynamic.
 Frozen weights are constants of the compiled code: if the weights change (training, load_state_dict), the
-generator notices through the tensors' version counters and compiles again.
+generator notices through a checksum of the weights and compiles again.
+
+Missing hooks (the only private names of other libraries in the package; `tests/test_compiled.py` pins what
+they do: compiled tokens equal eager ones across calls, shapes and weight changes):
+- `CompileConfig._compile_all_devices`: generate() has no public switch to compile its step on a CPU;
+- `torch._inductor.config.patch(freezing=..., max_autotune=...)`: freezing has no public switch that reaches the
+  compilation generate() starts (see above);
+- `torch._dynamo.mark_static` and `torch._dynamo.config.patch(recompile_limit=...)`: torch.compiler has neither.
 """
 
 import math
@@ -26,6 +33,8 @@ import weakref
 import torch
 from torch._inductor import config as inductor_config
 from transformers import CompileConfig, StaticCache
+
+from .batching import new_tokens
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so prompts of any length share a few compiled shapes
 
@@ -41,8 +50,11 @@ class CompiledGenerator:
         self.compile_config._compile_all_devices = True
         self._state = _STATE.setdefault(model, {"version": self._version(), "caches": {}})
 
-    def _version(self) -> int:
-        return sum(p._version for p in self.model.parameters())
+    @torch.no_grad()
+    def _version(self) -> tuple:
+        """The weights as the compiled code holds them: where each lives and the sum of its values, which any
+        change (an optimizer step, load_state_dict) moves; one pass over the weights per call."""
+        return tuple((p.data_ptr(), float(p.float().sum())) for p in self.model.parameters())
 
     def _cache_for(self, batch_size: int, length: int) -> StaticCache:
         limit = self.model.config.max_position_embeddings
@@ -69,9 +81,7 @@ class CompiledGenerator:
             self._state.update(version=self._version(), caches={})
         B, T = input_ids.shape
         num_sequences = B * kwargs.get("num_return_sequences", 1) * kwargs.get("num_beams", 1)
-        if T + max_new_tokens > self.model.config.max_position_embeddings:
-            raise ValueError(f"prompt ({T} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's "
-                             f"{self.model.config.max_position_embeddings} positions")
+        new_tokens(T, max_new_tokens, self.model.config.max_position_embeddings)  # or refused
         cache = self._cache_for(num_sequences, T + max_new_tokens)
         # Each shape compiles up to three graphs (first step, then the local layers' fill count made symbolic,
         # then their window full); the limit is raised so several shapes fit before dynamo gives up.

@@ -24,6 +24,7 @@ is the shape of the 30-minute CPU recipe, chosen by measurement (BENCHMARKS.md):
 
 import dataclasses
 import difflib
+import functools
 import math
 
 from transformers import GenerationConfig, PretrainedConfig
@@ -34,10 +35,6 @@ ATTENTION_TYPES = ("global", "local")
 # transformers' Cache and mask utilities speak of "full_attention" / "sliding_attention" layers.
 _CACHE_LAYER_TYPE = {"global": "full_attention", "local": "sliding_attention"}
 
-# Keys PretrainedConfig itself understands beyond its fields: what save_pretrained writes into config.json and
-# what from_pretrained and the Auto classes pass (see PretrainedConfig.__post_init__).
-_BASE_KEYS = {"auto_map", "model_type", "name_or_path", "torch_dtype", "num_labels", "output_attentions",
-              "attn_implementation", "experts_implementation", "per_layer_config", "_commit_hash"}
 # Read-only values computed from other fields: setting them would silently disagree with their source.
 _DERIVED = {"head_dim": "hidden_size and num_attention_heads", "layer_types": "attention_types",
             "sliding_window": "window_size"}
@@ -58,6 +55,19 @@ PRESETS = {
     # what `train_hf.py --preset cpu` trains in about 30 minutes on 2 CPU cores
     "tinystories-cpu": dict(_SEED, hidden_size=128, num_hidden_layers=8, num_attention_heads=4),
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _transformers_key(key: str) -> bool:
+    """Whether transformers itself reads or writes `key` in a config, asked of the installed release rather than
+    listed here (a list would refuse a key a later release adds): a field or setting of a plain PretrainedConfig
+    (`num_labels`, `attn_implementation` stored as `_attn_implementation`, ...), a generation setting, one of the
+    underscored keys transformers passes internally (`_commit_hash`), or the `auto_map` of remote code."""
+    if key.startswith("_") or key == "auto_map" or key in {f.name for f in dataclasses.fields(PretrainedConfig)}:
+        return True
+    plain = PretrainedConfig()
+    return any(hasattr(plain, name) and not callable(getattr(type(plain), name, None)) for name in (key, "_" + key)) \
+        or hasattr(GenerationConfig(), key)
 
 
 class TinyGPTConfig(PretrainedConfig):
@@ -142,8 +152,7 @@ class TinyGPTConfig(PretrainedConfig):
         close valid names. Keys transformers writes or passes itself are accepted."""
         for name in _DERIVED.keys() & kwargs.keys():
             raise ValueError(f"{name} is derived from {_DERIVED[name]}: set {_DERIVED[name]} instead")
-        base = {f.name for f in dataclasses.fields(PretrainedConfig)} | _BASE_KEYS
-        unknown = sorted(k for k in kwargs if k not in base and not hasattr(GenerationConfig(), k))
+        unknown = sorted(k for k in kwargs if not _transformers_key(k))
         if unknown:
             own = [name for name in cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount]]
             hints = [f"{k!r}" + (f" (did you mean {', '.join(map(repr, close))}?)"

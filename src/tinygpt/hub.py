@@ -86,14 +86,16 @@ def model_card(model, repo_id: str, summary: RunSummary | None, license: str, ha
     config = model.config
     results = summary.eval if summary else {}
     consistency = (summary.consistency or {}).get("accuracy") if summary else None
-    metrics = [("loss", "validation loss", results.get("eval_loss")),
-               ("perplexity", "perplexity", results.get("eval_perplexity")),
-               ("bits_per_byte", "bits per byte", results.get("eval_bits_per_byte")),
-               ("accuracy", "story consistency (tinygpt)", consistency)]
+    split = summary.evaluated_on()[0] if summary else None
+    # the held-out figures are on the run's evaluation data, named as it is; consistency on the package's items
+    metrics = [("loss", "loss", results.get("eval_loss"), split),
+               ("perplexity", "perplexity", results.get("eval_perplexity"), split),
+               ("bits_per_byte", "bits per byte", results.get("eval_bits_per_byte"), split),
+               ("accuracy", "story consistency (tinygpt)", consistency, "tinygpt consistency items")]
     eval_results = [EvalResult(task_type="text-generation", dataset_type="roneneldan/TinyStories",
-                               dataset_name="TinyStories", dataset_split="validation", metric_type=kind,
+                               dataset_name="TinyStories", dataset_split=on, metric_type=kind,
                                metric_name=name, metric_value=round(float(value), 4))
-                    for kind, name, value in metrics if value is not None]
+                    for kind, name, value, on in metrics if value is not None]
     data = ModelCardData(language="en", license=license, library_name="transformers", pipeline_tag="text-generation",
                          datasets=["roneneldan/TinyStories"], tags=["tinygpt", "gpt-neo", "tinystories", "custom_code"],
                          model_name=repo_id.split("/")[-1], eval_results=eval_results or None)
@@ -153,8 +155,10 @@ def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
     sections = ["\n".join(lines[:2]), "\n".join(lines[2:])]
     if results:
         consistency = summary.consistency or {}
-        sections += ["## Results (validation)",
-                     "| validation loss | perplexity | bits per byte | story consistency |\n|--:|--:|--:|--:|\n"
+        sections += ["## Results",
+                     f"Loss, perplexity and bits per byte on {summary.evaluated_on()[1]}; story consistency on the "
+                     "package's own items.",
+                     "| loss | perplexity | bits per byte | story consistency |\n|--:|--:|--:|--:|\n"
                      f"| {results.get('eval_loss', float('nan')):.4f} | {results.get('eval_perplexity', float('nan')):.3f}"
                      f" | {results.get('eval_bits_per_byte', float('nan')):.4f} | "
                      + (f"{consistency['accuracy']:.3f} ({consistency['correct']}/{consistency['items']}) |"

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batching import new_tokens, warpers
+
 ONNX_FILE, INT8_FILE = "onnx/model.onnx", "onnx/model_quantized.onnx"
 
 
@@ -158,15 +160,14 @@ class OnnxGenerator:
                  streamer=None) -> np.ndarray:
         """input_ids (1, T) -> (1, T + new). Stops at eos, at max_new_tokens or at the model's last position."""
         ids = np.asarray(input_ids, dtype=np.int64)
-        if ids.shape[1] >= self.positions:
-            raise ValueError(f"the prompt has {ids.shape[1]} tokens; the model has {self.positions} positions")
-        rng = np.random.default_rng(seed)
+        room = new_tokens(ids.shape[1], None, self.positions)  # the positions the prompt leaves, or refused
+        generator = torch.Generator().manual_seed(seed)
         past = [np.zeros((ids.shape[0], self.heads, 0, self.head_dim), np.float32) for _ in range(2 * self.layers)]
         mask = np.ones_like(ids)
         feed = ids
-        for _ in range(min(max_new_tokens, self.positions - ids.shape[1])):
+        for _ in range(min(max_new_tokens, room)):
             logits, past = self.step(feed, mask, past)
-            token = self._choose(logits[:, -1], do_sample, temperature, top_k, top_p, rng)
+            token = self._choose(ids, logits[:, -1], do_sample, temperature, top_k, top_p, generator)
             ids = np.concatenate([ids, token[:, None]], axis=1)
             if streamer is not None:
                 streamer.put(torch.from_numpy(token[:, None]))
@@ -178,19 +179,12 @@ class OnnxGenerator:
         return ids
 
     @staticmethod
-    def _choose(logits, do_sample, temperature, top_k, top_p, rng) -> np.ndarray:
+    def _choose(ids, logits, do_sample, temperature, top_k, top_p, generator) -> np.ndarray:
+        """Each row's next token: the argmax, or a sample after the package's one set of warpers (transformers'
+        own, `tinygpt.batching.warpers`)."""
+        scores = torch.from_numpy(logits).float()  # (B, V)
         if not do_sample:
-            return logits.argmax(-1)
-        logits = logits.astype(np.float64) / temperature
-        if top_k:
-            kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
-            logits = np.where(logits < kth, -np.inf, logits)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        if top_p < 1.0:
-            order = np.argsort(-probs, axis=-1)
-            sorted_probs = np.take_along_axis(probs, order, -1)
-            keep = np.cumsum(sorted_probs, -1) - sorted_probs < top_p
-            probs = np.where(np.take_along_axis(keep, np.argsort(order, -1), -1), probs, 0.0)
-            probs /= probs.sum(-1, keepdims=True)
-        return np.array([rng.choice(len(p), p=p) for p in probs])
+            return scores.argmax(-1).numpy()
+        for warper in warpers(dict(temperature=temperature, top_k=top_k, top_p=top_p)):
+            scores = warper(torch.from_numpy(ids), scores)
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0].numpy()

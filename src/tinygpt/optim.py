@@ -1,4 +1,4 @@
-"""Optimizers and precision for training on the machine at hand.
+"""Optimizers, precision and compilation for training on the machine at hand.
 
 `--muon`: Muon for the 2-D weight matrices inside the blocks (attention and MLP projections), AdamW for
 everything else (embeddings, output head, LayerNorms, biases), as Muon's authors prescribe. One optimizer
@@ -14,25 +14,40 @@ time at the CPU recipe's 32 small matrices.
 
 import functools
 import math
-import time
+import os
+import shutil
 
 import torch
+
+from .throughput import matmul_peak_flops
 
 
 @functools.lru_cache(maxsize=1)
 def fast_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices faster than float32 ones (measured, about 0.1 s)."""
+    """Whether this CPU multiplies bfloat16 matrices faster than float32 ones (measured, about 0.1 s): 256-wide
+    products, small enough to take little time where bfloat16 is ~100x slower (AVX2-only CPUs)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(256, 256).to(dtype)
-        a @ a
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ a
-        seconds[dtype] = time.perf_counter() - start
-    return seconds[torch.bfloat16] < 0.8 * seconds[torch.float32]
+    return matmul_peak_flops(torch.bfloat16, 3, 256) > 1.25 * matmul_peak_flops(torch.float32, 3, 256)
+
+
+def compile_pays(args) -> bool:
+    """Whether --bf16_if_fast also compiles the model (TrainingArguments' torch_compile): on a CPU training in
+    bf16, with a C++ compiler for inductor ($CXX, else g++).
+
+    Measured with benchmarks/bench_train_step.py (2 cores of a Zen 5 EPYC, 160 x 8): the bf16 step 1.25x faster
+    compiled (inductor fuses the casts, GELU and the attention's softmax), the float32 step no faster; compiling
+    costs 20-30 s once.
+    """
+    return bool(args.bf16 and args.use_cpu and shutil.which(os.environ.get("CXX", "g++")))
+
+
+def attend_for_compiled_training(model, args) -> None:
+    """A model compiled for training on a CPU attends with the eager path: inductor fuses its mask, softmax and casts
+    around the matrix products, while SDPA's CPU kernel is one call it cannot fuse and is slower at heads of 32
+    (bench_train_step.py). Saved models do not keep this: they load with the default attention."""
+    if args.torch_compile and args.use_cpu:
+        model.set_attn_implementation("eager")
 
 
 # torch.optim.Muon's quintic Newton-Schulz coefficients, steps and epsilon
@@ -43,14 +58,14 @@ def orthogonalise(updates: torch.Tensor, dtype: torch.dtype, ns_steps: int = NS_
     """torch.optim.Muon's Newton-Schulz iteration for a stack of same-shaped matrices (k, A, B), in `dtype`."""
     a, b, c = NS_COEFFICIENTS
     x = updates.to(dtype)
-    wide = x.shape[-2] > x.shape[-1]
-    if wide:
+    tall = x.shape[-2] > x.shape[-1]  # more rows than columns: iterate on the transpose, the smaller Gram matrix
+    if tall:
         x = x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=NS_EPS)  # spectral norm at most 1
     for _ in range(ns_steps):
         gram = x @ x.mT  # (k, A, A)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.mT if wide else x
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
@@ -83,13 +98,14 @@ class Muon(torch.optim.Optimizer):
                     if "momentum_buffer" not in self.state[p]:
                         self.state[p]["momentum_buffer"] = torch.zeros_like(p)
                 buffers = [self.state[p]["momentum_buffer"] for p in same]
-                torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
+                for buffer, grad in zip(buffers, grads):
+                    buffer.lerp_(grad, 1 - group["momentum"])
                 nesterov = torch.stack(grads).lerp_(torch.stack(buffers), group["momentum"])  # (k, A, B)
                 updates = orthogonalise(nesterov, self.ns_dtype)
                 scale = 0.2 * math.sqrt(max(shape)) if group["adjust_lr_fn"] == "match_rms_adamw" else \
                     math.sqrt(max(1.0, shape[0] / shape[1]))
-                torch._foreach_mul_(same, 1 - group["lr"] * group["weight_decay"])
-                torch._foreach_add_(same, list(updates.to(same[0].dtype).unbind(0)), alpha=-group["lr"] * scale)
+                for p, update in zip(same, updates.to(same[0].dtype).unbind(0)):
+                    p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"] * scale)
         return loss
 
 

@@ -31,7 +31,7 @@ import time
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .batching import Story, StoryBatcher
+from .batching import SettingError, Story, StoryBatcher, checked, new_tokens
 
 # Requests decoded together: at 16 concurrent clients 16 serves 1.2x the tokens/s of 8 (BENCHMARKS.md, "Serving").
 MAX_BATCH = 16
@@ -62,35 +62,14 @@ def check_completion_request(body, served: str, positions: int, tokenizer) -> tu
     if not isinstance(prompt, str):
         refuse("prompt must be a string")
     ids = tokenizer(prompt).input_ids or [tokenizer.eos_token_id]  # an empty prompt starts a text, as in GPT-2
-    used = len(ids)
-    if used >= positions:
-        refuse(f"the prompt is {used} tokens, but the model has {positions} positions: shorten it to at most "
-               f"{positions - 1} tokens")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = positions - used
-    elif not _is_number(max_tokens, integer=True) or max_tokens < 1:
-        refuse(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    elif used + max_tokens > positions:
-        refuse(f"the prompt ({used} tokens) plus max_tokens ({max_tokens}) is past the model's {positions} "
-               f"positions: ask for at most {positions - used} tokens")
-    settings = {"temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0)}
-    for name, low, high in (("temperature", 0.0, 5.0), ("top_p", 0.0, 1.0)):
-        value = settings[name] = 1.0 if settings[name] is None else settings[name]
-        if not _is_number(value) or not low <= value <= high or (name == "top_p" and value == 0):
-            refuse(f"{name} must be a number {'>' if name == 'top_p' else '>='} {low:g} and <= {high:g}, "
-                   f"got {value!r}")
-    seed = body.get("seed")
-    if seed is None:
-        seed = secrets.randbelow(2**63)
-    elif not _is_number(seed, integer=True) or not 0 <= seed < 2**63:
-        refuse(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    try:
+        max_tokens = new_tokens(len(ids), body.get("max_tokens"), positions, "max_tokens")
+        settings = {name: checked(name, 1.0 if body.get(name) is None else body[name])
+                    for name in ("temperature", "top_p")}
+        seed = secrets.randbelow(2**63) if body.get("seed") is None else checked("seed", body["seed"])
+    except SettingError as error:
+        refuse(str(error))
     return ids, dict(max_new_tokens=max_tokens, seed=seed, **settings)
-
-
-def _is_number(value, integer: bool = False) -> bool:
-    kinds = (int,) if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 class AsyncPieces:

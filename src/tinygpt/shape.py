@@ -1,14 +1,14 @@
-"""The model's shape for the machine at hand: `--auto_shape 96x6,128x8,160x8` (the CPU recipe's candidates).
+"""The model's shape for the machine at hand: `--auto_shape 96x6,128x8,160x8,192x8` (the CPU recipe's candidates).
 
-Before training, each candidate (hidden x layers, heads of 32) runs a few training steps of the recipe (its
-batch, block, precision and optimizer) and its tokens per second are measured: a few seconds each, inside the
-time budget. The rule, fitted to the recorded 30-minute runs (BENCHMARKS.md, "The record"): take the largest
-candidate that the budget lets see at least TOKENS_PER_PARAMETER tokens per parameter at its measured speed, or
-the smallest if none does. On 2 AVX2 cores, at the same 30 minutes, 96 x 6 (2.2M parameters) seeing 12.7M tokens
-(5.7 per parameter) beat 128 x 8 (3.7M) seeing 6.4M (1.75 per parameter) and 160 x 8 seeing fewer still, as
-128 x 8 had beaten 256 x 4 at 0.4-0.7: the threshold lies between 1.75 (lost) and 5.7 (won). A machine that
-multiplies faster (bf16 units) affords a wider model by the same rule. An explicit `--config_overrides` or
-`--model_preset` wins: then no candidate is measured.
+Before training, the candidates (hidden x layers, heads of 32) are measured from the largest down: each runs a few
+training steps of the recipe (its batch, block, precision, compilation and optimizer), a few seconds (20-30 s more
+where the model is compiled) inside the time budget. The rule: train the largest candidate that the budget lets
+see at least TOKENS_PER_PARAMETER tokens per parameter at its measured speed (the smaller ones are then not
+measured), or the smallest if none does. Fitted to full 30-minute runs (docs/benchmarks-history.md, "The
+record"): on 2 AVX2 cores 96 x 6 beat 128 x 8, which the budget let see 1.35-1.67 tokens per parameter by the
+estimate at the start (1.75 in the run); on 2 cores with bf16 units, compiled, 192 x 8, estimated at 2.21 (2.76 in
+the run), beat 160 x 8 (4.33; 3.86) by 0.005 bits per byte and 0.02 consistency, the same day. An explicit
+`--config_overrides` or `--model_preset` wins: then no candidate is measured.
 """
 import time
 from collections.abc import Callable
@@ -17,9 +17,9 @@ import torch
 
 from .configuration_tinygpt import TinyGPTConfig
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .optim import build_muon_with_adamw
+from .optim import attend_for_compiled_training, build_muon_with_adamw
 
-TOKENS_PER_PARAMETER = 3.0  # between 1.75 (lost at 30 minutes) and 5.7 (won)
+TOKENS_PER_PARAMETER = 2.0  # between 1.35-1.67 (estimated; lost at 30 minutes) and 2.21 (estimated; won)
 HEAD_SIZE = 32
 FINAL_SHARE = 0.05  # of the budget, kept for evaluations and saving when estimating the tokens a shape will see
 
@@ -43,8 +43,8 @@ def shape_overrides(hidden: int, layers: int) -> dict:
 
 
 def measure_tokens_per_s(config: TinyGPTConfig, args, block_size: int, steps: int = 3) -> float:
-    """Training tokens per second of a fresh model of `config` with the run's batch, precision and optimizer
-    (the first step, which allocates, is not timed)."""
+    """Training tokens per second of a fresh model of `config` with the run's batch, precision, compilation and
+    optimizer (the first steps, which allocate and compile, are not timed)."""
     model = TinyGPTForCausalLM(config).train()
     optimizer = build_muon_with_adamw(model, args, {n for n, p in model.named_parameters() if p.ndim == 2}) \
         if args.muon else torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
@@ -52,40 +52,55 @@ def measure_tokens_per_s(config: TinyGPTConfig, args, block_size: int, steps: in
     device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
     model.to(device)
     ids = ids.to(device)
-    seconds = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return ids.numel() / (sum(seconds[1:]) / steps)
+    attend_for_compiled_training(model, args)
+    if args.torch_compile:  # as Trainer compiles it; inductor's cache then spares the run most of its compiling
+        model = torch.compile(model, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+    seconds = [training_step(model, optimizer, ids, args.bf16, args.max_grad_norm)
+               for _ in range(steps + 1 + args.torch_compile)]  # untimed: the first (allocates; compiles), a warm-up
+    return ids.numel() / (sum(seconds[-steps:]) / steps)
+
+
+def training_step(model, optimizer, ids: torch.Tensor, bf16: bool, max_grad_norm: float = 1.0) -> float:
+    """Seconds of one training step as Trainer takes it (the loss under bf16 autocast or not, backward, gradient
+    clipping, the optimizer): the one step that shapes are measured with (and bench_train_step.py times)."""
+    device = ids.device.type
+    start = time.perf_counter()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def pick_shape(candidates: str, make_config: Callable[[dict], TinyGPTConfig], args, block_size: int,
                seconds_left: float) -> tuple[dict, dict]:
     """(config overrides of the chosen shape, the decision with every candidate's measurement).
     make_config: the run's fresh config with the given overrides."""
-    measured = []
-    for hidden, layers in parse_shapes(candidates):
-        config = make_config(shape_overrides(hidden, layers))
+    configs = [make_config(shape_overrides(hidden, layers)) for hidden, layers in parse_shapes(candidates)]
+    configs.sort(key=lambda config: -TinyGPTForCausalLM(config).num_parameters())  # the largest first
+    measured, chosen = [], None
+    for config in configs:
         started = time.perf_counter()
         # measured by one process; each of the run's processes trains its own batches at this speed
         tokens_per_s = measure_tokens_per_s(config, args, block_size) * args.world_size
         parameters = TinyGPTForCausalLM(config).num_parameters()
         tokens = tokens_per_s * (seconds_left * (1 - FINAL_SHARE) - (time.perf_counter() - started))
-        measured.append({"shape": f"{hidden}x{layers}", "parameters": parameters, "tokens_per_s": round(tokens_per_s),
-                         "expected_tokens": round(tokens), "tokens_per_parameter": round(tokens / parameters, 2)})
+        measured.append({"shape": f"{config.hidden_size}x{config.num_hidden_layers}", "parameters": parameters,
+                         "tokens_per_s": round(tokens_per_s), "expected_tokens": round(tokens),
+                         "tokens_per_parameter": round(tokens / parameters, 2)})
         seconds_left -= time.perf_counter() - started
-    fitting = [m for m in measured if m["tokens_per_parameter"] >= TOKENS_PER_PARAMETER]
-    chosen = max(fitting, key=lambda m: m["parameters"]) if fitting else min(measured, key=lambda m: m["parameters"])
+        if measured[-1]["tokens_per_parameter"] >= TOKENS_PER_PARAMETER:
+            chosen = measured[-1]  # the largest that fits: the smaller ones need not be measured
+            break
+    chosen = chosen or measured[-1]  # none fits: the smallest
     hidden, layers = map(int, chosen["shape"].split("x"))
-    decision = {"chosen": chosen["shape"], "rule": f"largest with >= {TOKENS_PER_PARAMETER} tokens per parameter, else the smallest",
-                "candidates": measured}
+    decision = {"chosen": chosen["shape"], "candidates": measured,
+                "rule": f"largest with >= {TOKENS_PER_PARAMETER} tokens per parameter, else the smallest"}
     print("shape for this machine: " + ", ".join(f"{m['shape']} {m['tokens_per_s']:,} tokens/s "
                                                  f"({m['tokens_per_parameter']} tokens/parameter)" for m in measured)
           + f" -> {chosen['shape']}", flush=True)

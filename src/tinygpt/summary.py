@@ -101,7 +101,7 @@ class RunSummary:
             data={"train_file": portable_path(data_args.train_file, "train_file"),
                   "validation_file": portable_path(data_args.validation_file, "validation_file"),
                   "dataset": None if data_args.train_file else data_args.dataset_name, "block_size": block_size,
-                  "packing": data_args.packing},
+                  "packing": data_args.packing, "validation_split_percentage": data_args.validation_split_percentage},
             training={"global_step": state.global_step, "max_steps": state.max_steps, "epochs": state.epoch,
                       "train_loss": result.training_loss, "tokens_seen": state.global_step * tokens_per_step * block_size,
                       "train_runtime_s": result.metrics.get("train_runtime"), "wall_time_s": time.time() - started,
@@ -112,6 +112,21 @@ class RunSummary:
             environment={"tinygpt": _version(), "git_commit": _git_commit(), "torch": torch.__version__,
                          "transformers": transformers.__version__,
                          "python": platform.python_version(), "cuda": torch.cuda.is_available(), **machine()})
+
+    def evaluated_on(self) -> tuple[str, str]:
+        """(the split's name for a model-index, the data in words) of the run's held-out figures (`eval`): the
+        validation files, the dataset's validation split, or the part of the training data held out, which is not
+        the dataset's validation split and must not be published as one."""
+        data = self.data or {}
+        if data.get("validation_file"):
+            names = ", ".join(Path(f).name for f in data["validation_file"])
+            return names, f"the validation file {names}"
+        share = f"{data.get('validation_split_percentage', 2.0):g}%"
+        if data.get("dataset"):
+            return "validation", (f"{data['dataset']}'s validation split (or, for a dataset without one, {share} "
+                                  "of its train split held out)")
+        names = ", ".join(Path(f).name for f in data.get("train_file") or [])
+        return f"held-out {share} of {names}", f"{share} of the stories in {names} held out from training"
 
     def write(self, folder) -> Path:
         path = Path(folder) / self.FILE

@@ -32,11 +32,13 @@ def model_flops_per_token(model, block_size: int) -> int:
     return 6 * matrices + 12 * config.num_hidden_layers * config.hidden_size * block_size
 
 
-@lru_cache(maxsize=4)
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+@lru_cache(maxsize=8)
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 5, size: int | None = None) -> float:
     """FLOP/s of a square matrix product on this machine's CPU (1024: the size the CPU reaches its peak at), or
-    GPU (8192, 10 products per timing: a GPU needs that much work to reach its own), best of `repeats`."""
-    device, size, products = ("cuda", 8192, 10) if torch.cuda.is_available() else ("cpu", 1024, 1)
+    GPU (8192, 10 products per timing: a GPU needs that much work to reach its own), best of `repeats`. The one
+    timing of matrix products: `fast_bfloat16` compares two small ones (`size`)."""
+    device, peak_size, products = ("cuda", 8192, 10) if torch.cuda.is_available() else ("cpu", 1024, 1)
+    size = size or peak_size
     a = torch.randn(size, size, device=device).to(dtype)
     a @ a  # warm-up
     best = float("inf")
@@ -68,15 +70,18 @@ def machine() -> dict:
 
 
 class StepTimer(TrainerCallback):
-    """Seconds between the ends of consecutive training steps with no evaluation or saving between them."""
+    """Seconds between the ends of consecutive training steps with no evaluation or saving between them: the one
+    timing of training steps (a TimeBudget plans with its own, and the run's throughput is reported from it).
+    clock: seconds (`time.perf_counter`; a budget gives its wall clock, the tests a fake one)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
         self.seconds: list[float] = []
+        self.clock = clock
         self._last_end: float | None = None
         self._interrupted = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
+        now = self.clock()
         if self._last_end is not None and not self._interrupted:
             self.seconds.append(now - self._last_end)
         self._last_end, self._interrupted = now, False

@@ -234,9 +234,10 @@ def wrap_tokenizer(tokenizer: Tokenizer, **init_kwargs) -> PreTrainedTokenizerFa
 LOAD_TIME_KEYS = ("is_local", "local_files_only")
 
 
-def for_model(tokenizer, positions: int):
-    """The tokenizer as it ships beside a model: it knows the model's context (so `truncation=True` cuts there
-    instead of at transformers' "unset" 1e30) and carries none of the arguments it was loaded with."""
+def prepare_to_ship(tokenizer, positions: int):
+    """Changes `tokenizer` in place (and returns it) into the tokenizer as it ships beside a model: it knows the
+    model's context (so `truncation=True` cuts there instead of at transformers' "unset" 1e30) and carries none of
+    the arguments it was loaded with."""
     tokenizer.model_max_length = positions
     for key in LOAD_TIME_KEYS:
         tokenizer.init_kwargs.pop(key, None)
@@ -244,11 +245,11 @@ def for_model(tokenizer, positions: int):
 
 
 def load_for_model(folder, positions: int):
-    """The tokenizer saved in a model folder, ready to ship beside the model (`for_model`), or a clear error."""
+    """The tokenizer saved in a model folder, ready to ship beside the model (`prepare_to_ship`), or a clear error."""
     if Path(folder).is_dir() and not (Path(folder) / "tokenizer.json").is_file():
         raise ValueError(f"{folder}: no tokenizer (tokenizer.json); a folder written by train_hf.py has one, or "
                          f"save one into it with tokenizer.save_pretrained")
-    return for_model(AutoTokenizer.from_pretrained(folder), positions)
+    return prepare_to_ship(AutoTokenizer.from_pretrained(folder), positions)
 
 
 def save_tokenizer(tokenizer, out_dir, report: dict) -> None:

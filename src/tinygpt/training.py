@@ -3,7 +3,6 @@
 `train_hf.py` at the repository root is the entry point; it only calls `run_training`.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -27,12 +26,12 @@ from .convert import gpt_neo_to_tinygpt, shrink_vocab
 from .data import CausalLMCollator, DataArguments, DataFileError, load_raw_datasets, tokenize_for_training
 from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .optim import adamw_groups, build_muon_with_adamw, fast_bfloat16
+from .optim import adamw_groups, attend_for_compiled_training, build_muon_with_adamw, compile_pays, fast_bfloat16
 from .ranks import decided_by_rank_zero, is_deciding_process
 from .shape import pick_shape
 from .summary import RunSummary
 from .throughput import StepTimer
-from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, for_model, prune_tokenizer, train_tokenizer
+from .tokenizer import DEFAULT_SOURCE, ID_MAP_KEY, prepare_to_ship, prune_tokenizer, train_tokenizer
 
 # Sampled at every evaluation and kept in training_summary.json; the playground offers them as examples.
 DEFAULT_PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because",
@@ -53,7 +52,7 @@ RECIPES = {
         "--learning_rate", "4e-3", "--warmup_steps", "30", "--lr_scheduler_type", "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"decay_ratio": 0.3}',
         "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
-        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "96x6,128x8,160x8",
+        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "96x6,128x8,160x8,192x8",
         "--zero_init_residual", "--embedding_lr_multiplier", "3"]},
 }
 
@@ -115,11 +114,15 @@ class TinyGPTTrainingArguments(TrainingArguments):
     head_lr_multiplier: float = field(default=1.0, metadata={
         "help": "an untied output head learns at this multiple of --learning_rate (AdamW)"})
     bf16_if_fast: bool = field(default=False, metadata={
-        "help": "bf16 autocast only where this machine runs bfloat16 matrix products faster than float32"})
+        "help": "bf16 autocast only where this machine runs bfloat16 matrix products faster than float32; there, "
+                "on a CPU, the model is also compiled (--torch_compile), which the bf16 step gains from and the "
+                "float32 one does not"})
 
     def __post_init__(self):
         if self.bf16_if_fast and not self.bf16:
             self.bf16 = fast_bfloat16()  # on a CPU without bf16 units, bf16 autocast is ~100x slower
+        if self.bf16_if_fast:
+            self.torch_compile = self.torch_compile or compile_pays(self)
         super().__post_init__()
 
     def follow_rank_zero(self) -> None:
@@ -129,6 +132,7 @@ class TinyGPTTrainingArguments(TrainingArguments):
         if self.bf16_if_fast:
             self.bf16 = decided_by_rank_zero(self.bf16)
             self.mixed_precision = "bf16" if self.bf16 else "no"  # what Trainer's accelerator is built with
+
 
 
 def parse_arguments(argv: list[str]):
@@ -198,30 +202,43 @@ def load_or_build_tokenizer(model_args: ModelArguments, raw, out: Path, args):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def build_model(model_args: ModelArguments, tokenizer, block_size: int | None) -> TinyGPTForCausalLM:
-    """A fresh model has exactly the positions it trains on (block_size, when given); a loaded one keeps its own."""
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+def build_model(model_args: ModelArguments, tokenizer, block_size: int | None,
+                shape: dict | None = None) -> TinyGPTForCausalLM:
+    """A fresh model has exactly the positions it trains on (block_size, when given); a loaded one keeps its own.
+    shape: config overrides chosen by measurement (--auto_shape), on top of --config_overrides."""
+    special = _special_tokens(tokenizer)
     if model_args.init_from:
         model = _load_checkpoint(model_args.init_from, tokenizer)
         model.config.update(special)
     else:
-        model = TinyGPTForCausalLM(_fresh_config(model_args, len(tokenizer), block_size, special))
+        model = TinyGPTForCausalLM(_fresh_config(model_args, tokenizer, block_size, shape))
         if model_args.zero_init_residual:
-            for layer in model.model.layers:
-                nn.init.zeros_(layer.attn.out_proj.weight)
-                nn.init.zeros_(layer.mlp.fc_out.weight)
+            zero_init_residual(model)
     model.generation_config = GenerationConfig(**STORY_SAMPLING, pad_token_id=tokenizer.pad_token_id, **special)
     return model
 
 
-def _fresh_config(model_args: ModelArguments, vocab_size: int, block_size: int | None, special: dict) -> TinyGPTConfig:
-    overrides = _parse_overrides(model_args.config_overrides)
+def zero_init_residual(model: TinyGPTForCausalLM) -> None:
+    """Each block starts as the identity: its attention and MLP output projections at zero (--zero_init_residual)."""
+    for layer in model.model.layers:
+        nn.init.zeros_(layer.attn.out_proj.weight)
+        nn.init.zeros_(layer.mlp.fc_out.weight)
+
+
+def _special_tokens(tokenizer) -> dict:
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+
+
+def _fresh_config(model_args: ModelArguments, tokenizer, block_size: int | None,
+                  shape: dict | None = None) -> TinyGPTConfig:
+    overrides = {**_parse_overrides(model_args.config_overrides), **(shape or {})}
     if block_size is not None:
         positions = overrides.setdefault("max_position_embeddings", block_size)
         if positions != block_size:
             raise ValueError(f"--block_size {block_size} and max_position_embeddings={positions} differ: a fresh "
                              "model has the positions it is trained on, so give one of the two")
-    return TinyGPTConfig.from_preset(model_args.model_preset, **{**overrides, "vocab_size": vocab_size, **special})
+    return TinyGPTConfig.from_preset(model_args.model_preset,
+                                     **{**overrides, "vocab_size": len(tokenizer), **_special_tokens(tokenizer)})
 
 
 def _load_checkpoint(source: str, tokenizer) -> TinyGPTForCausalLM:
@@ -317,26 +334,27 @@ def run_training(argv: list[str]) -> dict:
     checkpoint = prepare_output_dir(args.output_dir, model_args.resume)
     raw = load_raw_datasets(data_args, seed=args.seed)
     tokenizer = load_or_build_tokenizer(model_args, raw, Path(args.output_dir), args)
-    shape = _auto_shape(model_args, data_args, args, tokenizer, started)
+    shape, shape_decision = _auto_shape(model_args, data_args, args, tokenizer, started)
     set_seed(args.seed)  # the fresh model's weights depend on the seed alone, on every process
-    model = build_model(model_args, tokenizer, data_args.block_size)
-    for_model(tokenizer, model.config.max_position_embeddings)  # saved with every checkpoint and the final model
+    model = build_model(model_args, tokenizer, data_args.block_size, shape)
+    prepare_to_ship(tokenizer, model.config.max_position_embeddings)  # saved with every checkpoint and the final model
     block_size = data_args.block_size or model.config.max_position_embeddings
     if not 2 <= block_size <= model.config.max_position_embeddings:
         raise ValueError(f"--block_size {block_size} must be between 2 and the model's max_position_embeddings "
                          f"({model.config.max_position_embeddings})")
+    attend_for_compiled_training(model, args)
     with args.main_process_first(desc="tokenizing"):
         train = tokenize_for_training(raw["train"], tokenizer, block_size, data_args.packing,
                                       data_args.preprocessing_num_workers)
     validation = raw["validation"]
-    during = validation.take(data_args.eval_subset_stories) if data_args.eval_subset_stories else validation
+    eval_subset = validation.take(data_args.eval_subset_stories) if data_args.eval_subset_stories else validation
     samples = SampleStoriesCallback(tokenizer, model_args.sample_prompts, model_args.sample_max_new_tokens)
-    timer = StepTimer()
-    budget = _time_budget(args, started, validation, during)
+    budget = _time_budget(args, started, validation, eval_subset)
+    timer = budget.timer if budget else StepTimer()  # a budget times the steps it plans with
     trainer = TinyGPTTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=during, block_size=block_size, started=started,
+        model=model, args=args, train_dataset=train, eval_dataset=eval_subset, block_size=block_size, started=started,
         data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[CheckpointCompleteCallback(), timer, samples])
+        callbacks=[CheckpointCompleteCallback(), samples] + ([] if budget else [timer]))
     if budget:
         budget.attach(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -351,37 +369,30 @@ def run_training(argv: list[str]) -> dict:
         return metrics
     summary = RunSummary.of_run(argv, model_args, data_args, args, trainer, result, metrics, started, checkpoint,
                                 block_size, samples.latest, evaluate_consistency(model, tokenizer),
-                                budget.decision if budget else None, timer, shape)
+                                budget.decision if budget else None, timer, shape_decision)
     summary.write(args.output_dir)
     plot_losses(trainer.state.log_history, Path(args.output_dir) / "loss.png")
     print(f"saved the model, tokenizer, {summary.FILE} and loss.png to {args.output_dir}")
     return metrics
 
 
-def _auto_shape(model_args: ModelArguments, data_args, args, tokenizer, started: float) -> dict | None:
-    """Measure the recipe's candidate shapes on this machine and train the one chosen (tinygpt.shape)."""
+def _auto_shape(model_args: ModelArguments, data_args, args, tokenizer,
+                started: float) -> tuple[dict | None, dict | None]:
+    """Measure the recipe's candidate shapes on this machine (tinygpt.shape): (the chosen shape's config
+    overrides, the decision), or (None, None) without --auto_shape."""
     if not model_args.auto_shape or model_args.init_from:
-        return None
-    block_size = data_args.block_size or 256
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-
-    def make_config(overrides: dict) -> TinyGPTConfig:
-        text = ",".join(f"{key}={value}" for key, value in overrides.items())
-        return _fresh_config(dataclasses.replace(model_args, config_overrides=text), len(tokenizer),
-                             data_args.block_size, special)
-
+        return None, None
     # process 0 measures alone (the others would share its cores and slow its measurement) and every process
     # trains the shape it chose
     chosen = None
     if is_deciding_process():
-        chosen = pick_shape(model_args.auto_shape, make_config, args, block_size,
-                            args.time_budget * 60 - (time.time() - started))
-    overrides, decision = decided_by_rank_zero(chosen)
-    model_args.config_overrides = ",".join(f"{key}={value}" for key, value in overrides.items())
-    return decision
+        chosen = pick_shape(model_args.auto_shape, lambda shape: _fresh_config(model_args, tokenizer,
+                                                                               data_args.block_size, shape),
+                            args, data_args.block_size or 256, args.time_budget * 60 - (time.time() - started))
+    return decided_by_rank_zero(chosen)
 
 
-def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
+def _time_budget(args, started: float, validation, eval_subset) -> TimeBudget | None:
     if args.time_budget is None:
         return None
     if args.time_budget <= 0:
@@ -392,8 +403,8 @@ def _time_budget(args, started: float, validation, during) -> TimeBudget | None:
     if cap is None:
         args.max_steps = UNBOUNDED_STEPS
     # the final work evaluates all validation stories, then the consistency items (both forward passes only)
-    items = 2 * utf8_bytes(item["prefix"] + " " + item["right"] for item in load_items())
-    share = (_bytes(validation) + items) / max(1, _bytes(during))
+    item_bytes = 2 * utf8_bytes(item["prefix"] + " " + item["right"] for item in load_items())
+    share = (_bytes(validation) + item_bytes) / max(1, _bytes(eval_subset))
     return TimeBudget(Schedule.of(args), started, args.time_budget * 60, final_share=share, max_steps=cap)
 
 

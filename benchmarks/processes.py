@@ -1,6 +1,7 @@
 """A server as a child process: started offline, waited for until it answers, stopped afterwards. For the scripts
 that measure a server (benchmarks/bench_serving.py) and the tests that talk to one (tinygpt serve, the playground,
-the browser page), so all start and stop servers one way.
+the browser page), so all start and stop servers one way. Not part of the installed package: the tests find it
+through pytest's `pythonpath`, a benchmark beside it.
 
     port = free_port()
     for _ in running_server(["tinygpt", "serve", "runs/cpu", "--port", str(port)], f"http://127.0.0.1:{port}/health"):
