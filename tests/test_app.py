@@ -53,6 +53,8 @@ def test_a_prompt_gives_a_story_and_a_seed_repeats_it(app_url):
     assert first.startswith("Once upon a time") and len(first) > len("Once upon a time")
     assert story(client, model, seed=7) == first
     assert any(story(client, model, seed=s) != first for s in (8, 9, 10))
+    # whole numbers where the page sends them (a repetition penalty of 1, top-p 1): transformers wants floats
+    assert client.predict(model, "Once upon a time", 5, 1, 50, 1, 1, 0, api_name="/generate").startswith("Once")
 
 
 @pytest.mark.parametrize("overrides, message", [

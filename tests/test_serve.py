@@ -167,6 +167,7 @@ def test_one_rule_checks_every_sampling_setting_and_names_it_as_the_caller_does(
         checked(name, value, label)
     assert checked("top_k", 50.0) == 50 and isinstance(checked("top_k", 50.0), int)
     assert checked("temperature", 0) == 0  # greedy
+    assert isinstance(checked("repetition_penalty", 1), float)  # transformers' processors refuse an int
 
 
 def test_one_rule_fits_prompt_and_new_tokens_in_the_positions():

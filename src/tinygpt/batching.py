@@ -44,15 +44,13 @@ def checked(name: str, value, label: str | None = None):
     low, high = BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SettingError(f"{label} must be a number, got {value!r}")
-    if name in WHOLE:
-        if value != int(value):
-            raise SettingError(f"{label} must be a whole number, got {value!r}")
-        value = int(value)
+    if name in WHOLE and value != int(value):
+        raise SettingError(f"{label} must be a whole number, got {value!r}")
     if not (low < value if name in ABOVE_LOWEST else low <= value) or (high is not None and value > high):
         lowest = f"> {low:g}" if name in ABOVE_LOWEST else f">= {low:g}"
         raise SettingError(f"{label} must be a number {lowest}{'' if high is None else f' and <= {high:g}'}, "
                            f"got {value!r}")
-    return value
+    return int(value) if name in WHOLE else float(value)  # transformers' warpers refuse an int penalty of 1
 
 
 def new_tokens(prompt_tokens: int, max_new_tokens, positions: int, label: str = "max_new_tokens") -> int:
