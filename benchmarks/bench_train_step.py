@@ -24,6 +24,7 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -31,7 +32,8 @@ from transformers import GPTNeoForCausalLM, HfArgumentParser
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import tinygpt_config_to_gpt_neo
-from tinygpt.optim import Muon, MuonWithAdamW, fast_bfloat16, muon_parameter_names, orthogonalise
+from tinygpt.optim import (Muon, MuonWithAdamW, attend_for_compiled_training, fast_bfloat16, muon_parameter_names,
+                           orthogonalise)
 from tinygpt.shape import shape_overrides, training_step
 from tinygpt.throughput import machine, matmul_peak_flops, model_flops_per_token
 
@@ -80,8 +82,8 @@ def variant(name: str, config: TinyGPTConfig, bf16: bool):
         return model, torch.optim.AdamW(model.parameters(), lr=4e-3, betas=(0.9, 0.95), fused=True), True
     model = TinyGPTForCausalLM(copy.deepcopy(config))  # its own config: the attention set below is the config's
     opt = optimizer(model, committed=name in ("committed", "chunked loss"))
-    if name == "+ compiled, eager attention":
-        model.set_attn_implementation("eager")  # as attend_for_compiled_training does on a CPU
+    if name == "+ compiled, eager attention":  # as a --bf16_if_fast run on a CPU with bf16 units trains it
+        attend_for_compiled_training(model, SimpleNamespace(torch_compile=True, use_cpu=True))
         model = torch.compile(model)
     # eval mode = the full-logits loss path (the model has no dropout, so the function is the same)
     return model, opt, name != "committed"
