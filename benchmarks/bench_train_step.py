@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py                    # about 3 minutes on 2 cores
     python benchmarks/bench_train_step.py --shape 256x4      # another width x depth
+    python benchmarks/bench_train_step.py --heads 3          # 192 x 8 with 3 heads of 64 instead of 6 of 32
     CUDA_VISIBLE_DEVICES= python benchmarks/bench_train_step.py --threads 2   # 2 cores of a bigger CPU
 
 The step of `--preset cpu` (batch 16 x 256, Muon 4e-3 + AdamW, gradient clipping, float32 or the bf16 autocast
@@ -40,7 +41,8 @@ from tinygpt.throughput import machine, matmul_peak_flops, model_flops_per_token
 
 @dataclass
 class Args:
-    shape: str = "160x8"  # hidden x layers (heads of 32, as --auto_shape builds them)
+    shape: str = "192x8"  # hidden x layers (heads of 32, as --auto_shape builds them)
+    heads: int | None = None  # another head count, e.g. 3 for 192 x 8 with heads of 64
     batch: int = 16
     block: int = 256
     rounds: int = 6  # timed steps per variant, interleaved
@@ -125,7 +127,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     hidden, layers = map(int, args.shape.split("x"))
-    config = TinyGPTConfig.from_preset("tinystories-cpu", **shape_overrides(hidden, layers), vocab_size=8001,
+    shape = shape_overrides(hidden, layers) | ({"num_attention_heads": args.heads} if args.heads else {})
+    config = TinyGPTConfig.from_preset("tinystories-cpu", **shape, vocab_size=8001,
                                        max_position_embeddings=args.block)
     bf16 = fast_bfloat16()  # what --bf16_if_fast picks on this machine
     ids = torch.randint(0, config.vocab_size, (args.batch, args.block), generator=torch.Generator().manual_seed(0))
@@ -146,7 +149,8 @@ def main(argv=None) -> None:
     per_token = model_flops_per_token(built["committed"][0], args.block)
     tokens = args.batch * args.block
     results = {"machine": machine(), "precision": "bfloat16 autocast" if bf16 else "float32",
-               "shape": args.shape, "batch": [args.batch, args.block], "matmul_peak_gflops_per_s": round(peak / 1e9, 1),
+               "shape": args.shape, "heads": config.num_attention_heads, "batch": [args.batch, args.block],
+               "matmul_peak_gflops_per_s": round(peak / 1e9, 1),
                "model_flops_per_token": per_token, "variants": {}}
     base = statistics.median(times["committed"])
     for name in names:
