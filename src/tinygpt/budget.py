@@ -194,7 +194,10 @@ class TimeBudget(TrainerCallback):
         """Evaluations and checkpoints where the plan's shares of the run fall (--eval_steps, --save_steps below 1):
         Trainer asks `step % interval == 0` of an interval that moves with every estimate while the plan is not yet
         fixed, and so misses them (a run evaluated and saved only from 70% on); here a mark passed since the last
-        evaluation or checkpoint counts, once. Every process takes the same decision (from the shared plan)."""
+        evaluation or checkpoint counts, once, and between the marks Trainer's check (which ran before this
+        callback) is overruled: where its moving interval met a step after a counted mark, a run evaluated and saved
+        twice near 25%. The final step's evaluation and checkpoint stay Trainer's. Every process takes the same
+        decision (from the shared plan)."""
         if self.schedule.total_steps >= UNBOUNDED_STEPS:
             return
         for share, strategy, flag in ((args.eval_steps, args.eval_strategy, "should_evaluate"),
@@ -205,6 +208,8 @@ class TimeBudget(TrainerCallback):
                 if marks > self._marks_done.setdefault(flag, self._first_step // every):
                     setattr(control, flag, True)
                     self._marks_done[flag] = marks
+                elif state.global_step < self.schedule.total_steps:
+                    setattr(control, flag, False)  # Trainer's check, where its moving interval met this step
 
     def on_save(self, args, state, control, **kwargs):
         self.timer.on_save(args, state, control)
