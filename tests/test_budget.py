@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
+from transformers import DefaultFlowCallback, ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
 
 from tinygpt.budget import UNBOUNDED_STEPS, Schedule, TimeBudget
 
@@ -204,22 +204,25 @@ def test_the_plan_keeps_a_stop_another_callback_asked_for():
     assert state.global_step == decided
 
 
-def test_shares_of_the_plan_evaluate_and_save_at_each_quarter_also_before_the_plan_is_fixed():
-    """--eval_steps/--save_steps 0.25: an evaluation and a checkpoint at about 25%, 50% and 75% of the planned steps,
-    although the first two come while the plan is an estimate that moves at every step (Trainer's own
-    `step % interval == 0` misses those: a measured run evaluated and saved first at 75%)."""
+def _budgeted_steps(step_seconds) -> tuple[int, list[int], list[int]]:
+    """(the plan, the steps evaluated, the steps saved) of a budgeted run with --eval_steps/--save_steps 0.25 whose
+    step `s` takes `step_seconds(s)`, Trainer's own `step % interval` check run before the budget's as in Trainer."""
     clock = FakeClock()
     args = TrainingArguments(output_dir="unused", eval_strategy="steps", eval_steps=0.25, save_strategy="steps",
                              save_steps=0.25, report_to=[])
     state = TrainerState()
+    state.max_steps = UNBOUNDED_STEPS  # as Trainer sizes its loop for a budget without --max_steps
+    state.compute_steps(args, UNBOUNDED_STEPS)
     planner = TimeBudget(Schedule("warmup_stable_decay", 5, UNBOUNDED_STEPS, {"decay_ratio": 0.2}),
                          started=clock.now - 100, budget_s=600, final_share=4.0, calibration_steps=5, margin_s=10,
                          clock=clock.time)
+    flow = DefaultFlowCallback()
     evaluated, saved = [], []
     for step in range(1, 1000):
-        clock.now += 1.0 + 0.02 * (step % 3)  # noisy steps: the estimate moves at every step
+        clock.now += step_seconds(step)
         state.global_step = step
         control = TrainerControl()
+        flow.on_step_end(args, state, control)
         planner.on_step_end(args, state, control)
         if control.should_evaluate:
             clock.now += 10.0
@@ -230,9 +233,28 @@ def test_shares_of_the_plan_evaluate_and_save_at_each_quarter_also_before_the_pl
             planner.on_save(args, state, control)
         if control.should_training_stop:
             break
-    plan = planner.decision["planned_steps"]
-    assert planner.decision["decided_at_step"] > plan // 2  # the first two quarters come before the plan is fixed
+    assert planner.decision["decided_at_step"] > planner.decision["planned_steps"] // 2  # quarters 1-2 come first
+    return planner.decision["planned_steps"], evaluated, saved
+
+
+def test_shares_of_the_plan_evaluate_and_save_at_each_quarter_also_before_the_plan_is_fixed():
+    """--eval_steps/--save_steps 0.25: an evaluation and a checkpoint at about 25%, 50% and 75% of the planned steps,
+    although the first two come while the plan is an estimate that moves at every step (Trainer's own
+    `step % interval == 0` misses those: a measured run evaluated and saved first at 75%)."""
+    plan, evaluated, saved = _budgeted_steps(lambda step: 1.0 + 0.02 * (step % 3))  # noisy: the estimate moves
     for quarter in (1, 2, 3):
         assert [s for s in evaluated if abs(s - quarter * plan / 4) <= 0.03 * plan], (quarter, plan, evaluated)
         assert [s for s in saved if abs(s - quarter * plan / 4) <= 0.03 * plan], (quarter, plan, saved)
-    assert len(evaluated) <= 5 and len(saved) <= 4, (plan, evaluated, saved)  # calibration, 3 quarters, the end
+    assert evaluated[-1] == saved[-1] == plan  # and at the end
+    assert len(evaluated) == 5 and len(saved) == 4, (plan, evaluated, saved)  # calibration, 3 quarters, the end
+
+
+def test_a_quarter_is_evaluated_and_saved_once_when_the_estimate_grows_past_it():
+    """The machine speeds up after the first quarter's evaluation: the estimate, and with it Trainer's interval,
+    grows past the steps already evaluated, and Trainer's check met it again (a measured run evaluated and saved
+    twice near 25%, 73 steps apart). The budget counts each mark once."""
+    plan, evaluated, saved = _budgeted_steps(lambda step: (1.0 if step < 80 else 0.7) + 0.02 * (step % 3))
+    assert len(evaluated) == 5 and len(saved) == 4, (plan, evaluated, saved)  # calibration, 3 quarters, the end
+    marks = evaluated[1:]
+    assert all(later - earlier > plan / 8 for earlier, later in zip(marks, marks[1:])), (plan, evaluated)
+    assert saved == marks, (saved, evaluated)

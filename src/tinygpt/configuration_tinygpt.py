@@ -53,8 +53,7 @@ PRESETS = {
     "tinystories-28m": dict(_SEED, hidden_size=512, num_hidden_layers=8),
     "tinystories-41m": dict(_SEED, hidden_size=768, num_hidden_layers=4),
     # what `train_hf.py --preset cpu` trains in about 30 minutes on 2 CPU cores
-    "tinystories-cpu": dict(_SEED, hidden_size=128, num_hidden_layers=8, num_attention_heads=4, embed_dropout=0.1,
-                            resid_dropout=0.1),
+    "tinystories-cpu": dict(_SEED, hidden_size=128, num_hidden_layers=8, num_attention_heads=4),
 }
 
 

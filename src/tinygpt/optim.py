@@ -35,9 +35,9 @@ def compile_pays(args) -> bool:
     """Whether --bf16_if_fast also compiles the model (TrainingArguments' torch_compile): on a CPU training in
     bf16, with a C++ compiler for inductor ($CXX, else g++).
 
-    Measured with benchmarks/bench_train_step.py (2 cores of a Zen 5 EPYC, 160 x 8, 2026-12-05): the bf16 step
-    1.44x faster compiled (373 -> 259 ms; inductor fuses the casts, GELU and the attention's softmax), the float32
-    step no faster (728 -> 746 ms); compiling costs 20-30 s once.
+    Measured with benchmarks/bench_train_step.py (2 cores of a Zen 5 EPYC, 2026-12-05): the bf16 step 1.44x
+    faster compiled at 160 x 8 (373 -> 259 ms) and 1.40x at 192 x 8 (497 -> 356 ms; inductor fuses the casts, GELU
+    and the attention's softmax), the float32 step no faster (728 -> 746 ms); compiling costs 20-30 s once.
     """
     return bool(args.bf16 and args.use_cpu and shutil.which(os.environ.get("CXX", "g++")))
 
