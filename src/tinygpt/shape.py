@@ -20,8 +20,8 @@ from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import attend_for_compiled_training, build_muon_with_adamw
 
 TOKENS_PER_PARAMETER = 2.0  # between 1.35-1.67 (estimated; lost at 30 minutes) and 2.21 (estimated; won)
-# Heads of 32: at 192 x 8, compiled bf16, 3 heads of 64 trained 17-23% more tokens per second than 6 of 32 but
-# its held-out loss was 0.11 nats worse at the same step (2.45 against 2.34 at step ~2,370; benchmarks-history.md).
+# Heads of 32: at 192 x 8, compiled bf16, 3 heads of 64 step 14% faster than 6 of 32 (bench_train_step --heads 3)
+# but learn less per step (held-out 2.45 nats against 2.34 at step ~2,370; benchmarks-history.md, "Probes").
 HEAD_SIZE = 32
 FINAL_SHARE = 0.05  # of the budget, kept for evaluations and saving when estimating the tokens a shape will see
 
