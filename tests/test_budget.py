@@ -204,8 +204,8 @@ def test_the_plan_keeps_a_stop_another_callback_asked_for():
     assert state.global_step == decided
 
 
-def _budgeted_steps(step_seconds) -> tuple[int, list[int], list[int]]:
-    """(the plan, the steps evaluated, the steps saved) of a budgeted run with --eval_steps/--save_steps 0.25 whose
+def _budgeted_steps(step_seconds) -> tuple[int, list[int], list[int], int]:
+    """(the plan, the steps evaluated, the steps saved, the step it stopped at) of a budgeted run with --eval_steps/--save_steps 0.25 whose
     step `s` takes `step_seconds(s)`, Trainer's own `step % interval` check run before the budget's as in Trainer."""
     clock = FakeClock()
     args = TrainingArguments(output_dir="unused", eval_strategy="steps", eval_steps=0.25, save_strategy="steps",
@@ -234,14 +234,14 @@ def _budgeted_steps(step_seconds) -> tuple[int, list[int], list[int]]:
         if control.should_training_stop:
             break
     assert planner.decision["decided_at_step"] > planner.decision["planned_steps"] // 2  # quarters 1-2 come first
-    return planner.decision["planned_steps"], evaluated, saved
+    return planner.decision["planned_steps"], evaluated, saved, state.global_step
 
 
 def test_shares_of_the_plan_evaluate_and_save_at_each_quarter_also_before_the_plan_is_fixed():
     """--eval_steps/--save_steps 0.25: an evaluation and a checkpoint at about 25%, 50% and 75% of the planned steps,
     although the first two come while the plan is an estimate that moves at every step (Trainer's own
     `step % interval == 0` misses those: a measured run evaluated and saved first at 75%)."""
-    plan, evaluated, saved = _budgeted_steps(lambda step: 1.0 + 0.02 * (step % 3))  # noisy: the estimate moves
+    plan, evaluated, saved, _ = _budgeted_steps(lambda step: 1.0 + 0.02 * (step % 3))  # noisy: the estimate moves
     for quarter in (1, 2, 3):
         assert [s for s in evaluated if abs(s - quarter * plan / 4) <= 0.03 * plan], (quarter, plan, evaluated)
         assert [s for s in saved if abs(s - quarter * plan / 4) <= 0.03 * plan], (quarter, plan, saved)
@@ -253,8 +253,18 @@ def test_a_quarter_is_evaluated_and_saved_once_when_the_estimate_grows_past_it()
     """The machine speeds up after the first quarter's evaluation: the estimate, and with it Trainer's interval,
     grows past the steps already evaluated, and Trainer's check met it again (a measured run evaluated and saved
     twice near 25%, 73 steps apart). The budget counts each mark once."""
-    plan, evaluated, saved = _budgeted_steps(lambda step: (1.0 if step < 80 else 0.7) + 0.02 * (step % 3))
+    plan, evaluated, saved, _ = _budgeted_steps(lambda step: (1.0 if step < 80 else 0.7) + 0.02 * (step % 3))
     assert len(evaluated) == 5 and len(saved) == 4, (plan, evaluated, saved)  # calibration, 3 quarters, the end
     marks = evaluated[1:]
     assert all(later - earlier > plan / 8 for earlier, later in zip(marks, marks[1:])), (plan, evaluated)
     assert saved == marks, (saved, evaluated)
+
+
+def test_a_plan_reached_is_the_step_the_run_stops_at_when_the_machine_speeds_up_at_its_end():
+    """The machine speeds up in the last steps and the plan's re-fit, every 10 steps, fell on its last step: Trainer
+    had already stopped there, and the plan grew past it (a 2-process run stopped at step 50 of a plan of 51). A plan
+    reached is final."""
+    for speed_up_at, faster in ((370, 0.9), (378, 0.5), (382, 0.3)):
+        plan, evaluated, saved, stopped = _budgeted_steps(
+            lambda step: (1.0 if step < speed_up_at else faster) + 0.02 * (step % 3))
+        assert stopped == plan == evaluated[-1] == saved[-1], (speed_up_at, faster, plan, stopped)

@@ -222,8 +222,10 @@ class TimeBudget(TrainerCallback):
             self.event_seconds.append(now - self._last_end)
         self._last_end, self._eval_loop = now, None
         if self.schedule.planned:
+            # A plan whose last step is reached is final: Trainer's own check (DefaultFlowCallback, run before this
+            # callback) has stopped the run there, and a plan grown at that step would end after the run did.
             if (not self.resumed and len(self.step_seconds) > 2 and self.event_seconds
-                    and state.global_step % 10 == 0):
+                    and state.global_step % 10 == 0 and state.global_step < self.schedule.total_steps):
                 self._refit(args, state)
             control.should_training_stop = control.should_training_stop or state.global_step >= self.schedule.total_steps
             return
