@@ -205,8 +205,9 @@ def test_the_plan_keeps_a_stop_another_callback_asked_for():
 
 
 def _budgeted_steps(step_seconds) -> tuple[int, list[int], list[int], int]:
-    """(the plan, the steps evaluated, the steps saved, the step it stopped at) of a budgeted run with --eval_steps/--save_steps 0.25 whose
-    step `s` takes `step_seconds(s)`, Trainer's own `step % interval` check run before the budget's as in Trainer."""
+    """(the plan, the steps evaluated, the steps saved, the step it stopped at) of a budgeted run with
+    --eval_steps/--save_steps 0.25 whose step `s` takes `step_seconds(s)`, Trainer's own checks
+    (DefaultFlowCallback: `step % interval`, `step >= max_steps`) run before the budget's as in Trainer."""
     clock = FakeClock()
     args = TrainingArguments(output_dir="unused", eval_strategy="steps", eval_steps=0.25, save_strategy="steps",
                              save_steps=0.25, report_to=[])
