@@ -259,7 +259,9 @@ def _losses(folder: Path) -> list[float]:
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(corpus, tokenizer_dir, tmp_path, launcher):
     train, valid = corpus
     common = [*TINY, "--train_file", str(train), "--validation_file", str(valid), "--tokenizer",
-              str(tokenizer_dir), "--max_steps", "6", "--logging_steps", "1", "--save_steps", "6",
+              str(tokenizer_dir), "--max_steps", "20", "--logging_steps", "1", "--save_steps", "20",
+              "--max_train_samples", "12",  # about 15 steps an epoch: the steps after it train on a new packing
+              "--dataloader_drop_last", "true",  # an epoch's last, short batch is split unlike one process's
               "--eval_steps", "100", "--train_sampling_strategy", "sequential"]
     single = train_hf(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "4")
     assert single.returncode == 0, single.stderr[-3000:]
@@ -274,9 +276,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(corpus, 
                             env=env)
     assert double.returncode == 0, double.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
-    assert summary["training"]["world_size"] == 2
+    assert summary["training"]["world_size"] == 2 and summary["training"]["epochs"] > 1
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(one) == len(two) == 6
+    assert len(one) == len(two) == 20
     # the same 4 blocks per step, split over two processes: equal up to float reduction order
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-3, atol=1e-3)
 

@@ -1,6 +1,7 @@
 """Trainer callbacks of a TinyGPT run, and the loss plot drawn at its end."""
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +22,21 @@ class CheckpointCompleteCallback(TrainerCallback):
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():
                 (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": state.global_step}))
+
+
+class RepackEachEpoch(TrainerCallback):
+    """Tells a training dataset packed afresh at every epoch (`tinygpt.data.PackedStories`) which epoch begins,
+    before its batches are drawn. Trainer's `set_epoch` goes to accelerate's data loader, which passes it on to
+    the dataset only where the sampler has no `set_epoch` of its own (accelerate's seedable sampler has one);
+    where both reach it they tell the same epoch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch counts the epochs done: a whole number when an epoch begins (Trainer sets it to epoch +
+        # steps / steps_in_epoch), a share of one when a checkpoint resumes within an epoch
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-6))
 
 
 class SampleStoriesCallback(TrainerCallback):

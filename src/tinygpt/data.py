@@ -6,7 +6,6 @@ the original .txt format (each story followed by a line `<|endoftext|>`), .json/
 line, instead of a traceback from deep inside a tokenizer or a dataset builder.
 """
 
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,27 +205,114 @@ def story_ids(tokenizer, texts) -> list[list[int]]:
 def pack(rows: Iterable[list[int]], block_size: int, keep_tail: bool = False) -> list[list[int]]:
     """The rows joined into one stream and cut into blocks of block_size; the last, shorter block is kept only
     with keep_tail (evaluation predicts every token; training wants full blocks)."""
-    stream = list(itertools.chain.from_iterable(rows))
-    stop = len(stream) if keep_tail else len(stream) - block_size + 1
-    return [stream[i:i + block_size] for i in range(0, stop, block_size)]
+    blocks = PackedStories.of_rows(rows, block_size, keep_tail)
+    return [blocks.block(i).tolist() for i in range(len(blocks))]
 
 
-def tokenize_for_training(dataset, tokenizer, block_size: int, packing: bool = True, num_proc: int | None = None):
+class PackedStories:
+    """Stories (rows of token ids, each ending with <|endoftext|>) joined into one stream and cut into blocks of
+    block_size: block i is the stream's tokens [i * block_size, (i + 1) * block_size), read when asked for, so a
+    corpus is held once, as one array of ids and the stories' offsets into it. The last, shorter block is kept
+    only with keep_tail.
+
+    With a seed it is a training dataset packed afresh at every epoch (`set_epoch`, from `RepackEachEpoch`):
+    the stories in a new order, drawn from the seed and the epoch (epoch 0 keeps the dataset's order), joined and
+    cut again. Blocks cut once would show every story at every epoch with the same neighbours, cut at the same
+    places, and a run that repeats its data (the 30-minute recipe sees its stories about 5 times) would learn
+    those blocks by heart; packed afresh, each story comes with other neighbours and is cut elsewhere. The number
+    of blocks is the same at every epoch, and every process of a launcher draws the same order."""
+
+    def __init__(self, ids, offsets, block_size: int, keep_tail: bool = False, seed: int | None = None):
+        import numpy as np
+
+        self.ids, self.starts = ids, np.asarray(offsets[:-1], dtype=np.int64)
+        self.lengths = np.diff(np.asarray(offsets, dtype=np.int64))
+        self.block_size, self.keep_tail, self.seed = block_size, keep_tail, seed
+        self.tokens = int(self.lengths.sum())
+        self.epoch = None
+        self.set_epoch(0)
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[list[int]], block_size: int, keep_tail: bool = False,
+                seed: int | None = None) -> "PackedStories":
+        import numpy as np
+
+        rows = [np.asarray(row, dtype=np.int64) for row in rows]
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows], dtype=np.int64)])
+        return cls(np.concatenate(rows) if rows else np.zeros(0, np.int64), offsets, block_size, keep_tail, seed)
+
+    @classmethod
+    def of_dataset(cls, stories, block_size: int, seed: int | None = None) -> "PackedStories":
+        """From a datasets.Dataset with one row of `input_ids` per story, read as one Arrow array (no Python lists:
+        the whole TinyStories set is 470M tokens)."""
+        import numpy as np
+
+        column = stories.with_format("arrow")["input_ids"].combine_chunks()
+        offsets = np.asarray(column.offsets)
+        ids = np.asarray(column.values)[offsets[0]:offsets[-1]]
+        return cls(ids, offsets - offsets[0], block_size, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        import numpy as np
+
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        stories = len(self.lengths)
+        reorder = self.seed is not None and epoch > 0
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(stories) if reorder else np.arange(stories)
+        self.ends = np.cumsum(self.lengths[self.order])  # where each story of this epoch's order ends in the stream
+
+    def __len__(self) -> int:
+        full, tail = divmod(self.tokens, self.block_size)
+        return full + (1 if self.keep_tail and tail else 0)
+
+    def block(self, i: int):
+        """Block i of this epoch's stream (int64 ids)."""
+        import numpy as np
+
+        if not 0 <= i < len(self):
+            raise IndexError(f"block {i} of {len(self)}")
+        at, stop = i * self.block_size, min((i + 1) * self.block_size, self.tokens)
+        k = int(np.searchsorted(self.ends, at, side="right"))  # the story that holds the block's first token
+        pieces = []
+        while at < stop:
+            story = self.order[k]
+            begins = self.ends[k] - self.lengths[story]  # where this story begins in the stream
+            first, last = at - begins, min(self.lengths[story], stop - begins)
+            pieces.append(self.ids[self.starts[story] + first:self.starts[story] + last])
+            at, k = at + last - first, k + 1
+        return np.concatenate(pieces).astype(np.int64)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.block(i)}
+
+
+def tokenize_for_training(dataset, tokenizer, block_size: int, packing: bool = True, num_proc: int | None = None,
+                          seed: int | None = None):
     """The training rows: `input_ids` only (labels are made by `CausalLMCollator`), stored in the smallest
     integer type that holds the vocabulary, in one pass with no intermediate dataset.
 
-    Packing: stories joined with <|endoftext|> after each and cut into full blocks of block_size (the tail of
-    each 1,000-story batch is dropped). Otherwise one story per row, truncated to block_size."""
+    Packing: stories joined with <|endoftext|> after each and cut into full blocks of block_size. A loaded
+    dataset with a seed gives `PackedStories`, packed afresh at every epoch (training); without a seed, or
+    streamed, the blocks are cut once (the tail of each 1,000-story batch is dropped). Otherwise one story per
+    row, truncated to block_size."""
     import datasets
+
+    streaming = not hasattr(dataset, "cache_files")
+    per_epoch = packing and seed is not None and not streaming
 
     def tokenize(batch):
         ids = story_ids(tokenizer, batch["text"])
+        if per_epoch:
+            return {"input_ids": ids}
         return {"input_ids": pack(ids, block_size) if packing else [row[:block_size] for row in ids]}
 
-    streaming = not hasattr(dataset, "cache_files")
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value(token_dtype(len(tokenizer))))})
-    kwargs = {} if streaming else {"num_proc": num_proc, "desc": "tokenizing" + (" and packing" if packing else "")}
-    return dataset.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"], features=features, **kwargs)
+    desc = "tokenizing" + (" and packing" if packing and not per_epoch else "")
+    kwargs = {} if streaming else {"num_proc": num_proc, "desc": desc}
+    rows = dataset.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"], features=features, **kwargs)
+    return PackedStories.of_dataset(rows, block_size, seed) if per_epoch else rows
 
 
 class CausalLMCollator:

@@ -19,11 +19,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import parse_arguments_or_exit
 from .budget import UNBOUNDED_STEPS, Schedule, TimeBudget, process_start_time
-from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, SampleStoriesCallback, plot_losses
+from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, RepackEachEpoch, SampleStoriesCallback, plot_losses
 from .configuration_tinygpt import PRESETS, TinyGPTConfig
 from .consistency import evaluate_consistency, load_items
 from .convert import gpt_neo_to_tinygpt, shrink_vocab
-from .data import CausalLMCollator, DataArguments, DataFileError, load_raw_datasets, tokenize_for_training
+from .data import (CausalLMCollator, DataArguments, DataFileError, PackedStories, load_raw_datasets,
+                   tokenize_for_training)
 from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import adamw_groups, attend_for_compiled_training, build_muon_with_adamw, compile_pays, fast_bfloat16
@@ -345,7 +346,8 @@ def run_training(argv: list[str]) -> dict:
     attend_for_compiled_training(model, args)
     with args.main_process_first(desc="tokenizing"):
         train = tokenize_for_training(raw["train"], tokenizer, block_size, data_args.packing,
-                                      data_args.preprocessing_num_workers)
+                                      data_args.preprocessing_num_workers,
+                                      seed=args.seed if args.data_seed is None else args.data_seed)
     validation = raw["validation"]
     eval_subset = validation.take(data_args.eval_subset_stories) if data_args.eval_subset_stories else validation
     samples = SampleStoriesCallback(tokenizer, model_args.sample_prompts, model_args.sample_max_new_tokens)
@@ -354,7 +356,8 @@ def run_training(argv: list[str]) -> dict:
     trainer = TinyGPTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=eval_subset, block_size=block_size, started=started,
         data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[CheckpointCompleteCallback(), samples] + ([] if budget else [timer]))
+        callbacks=[CheckpointCompleteCallback(), samples] + ([] if budget else [timer])
+        + ([RepackEachEpoch(train)] if isinstance(train, PackedStories) else []))
     if budget:
         budget.attach(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)

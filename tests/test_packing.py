@@ -1,0 +1,111 @@
+"""Packing stories into blocks (tinygpt.data.PackedStories, the one packer): cut once for evaluation and
+streaming, packed afresh at every epoch for training, and Trainer drawing each epoch's batches from its own
+packing, also when a run resumes within an epoch."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+from conftest import needs_data, tiny_model
+from tinygpt.callbacks import RepackEachEpoch
+from tinygpt.data import (CausalLMCollator, DataArguments, PackedStories, load_raw_datasets, pack, story_ids,
+                          tokenize_for_training)
+
+
+def _rows(stories: int = 40, seed: int = 0) -> list[list[int]]:
+    """Stories of 1-30 tokens, each ending with the separator 0."""
+    draw = random.Random(seed)
+    return [[draw.randrange(1, 50) for _ in range(draw.randrange(1, 30))] + [0] for _ in range(stories)]
+
+
+def test_pack_cuts_the_joined_stream_into_blocks():
+    rows = _rows()
+    stream = [token for row in rows for token in row]
+    assert pack(rows, 16) == [stream[i:i + 16] for i in range(0, len(stream) - 15, 16)]
+    assert pack(rows, 16, keep_tail=True) == [stream[i:i + 16] for i in range(0, len(stream), 16)]
+    assert pack([], 16) == [] and pack([[1, 2]], 16) == [] and pack([[1, 2]], 16, keep_tail=True) == [[1, 2]]
+    assert pack([[1, 2], [], [3, 4, 5]], 2, keep_tail=True) == [[1, 2], [3, 4], [5]]  # an empty row is nothing
+
+
+def _blocks(packed: PackedStories) -> list[list[int]]:
+    return [packed[i]["input_ids"].tolist() for i in range(len(packed))]
+
+
+def test_each_epoch_packs_the_stories_afresh_in_an_order_drawn_from_the_seed():
+    rows = _rows(200)
+    packed = PackedStories.of_rows(rows, 16, seed=7)  # with a seed, as tokenize_for_training gives for training
+    first = _blocks(packed)
+    assert first == pack(rows, 16)  # epoch 0 keeps the dataset's order
+    seen = [first]
+    for epoch in (1, 2):
+        packed.set_epoch(epoch)
+        blocks = _blocks(packed)
+        assert len(blocks) == len(first) and {len(block) for block in blocks} == {16}
+        assert sorted(packed.order.tolist()) == list(range(200)) and blocks not in seen
+        # the blocks are the stories joined whole in the epoch's order, then cut
+        assert blocks == pack([rows[i] for i in packed.order], 16)
+        seen.append(blocks)
+    for seed, same in ((7, True), (8, False)):  # every process of a launcher draws the same order
+        again = PackedStories.of_rows(rows, 16, seed=seed)
+        again.set_epoch(2)
+        assert (_blocks(again) == seen[2]) is same
+    packed.set_epoch(0)
+    assert _blocks(packed) == first
+    with pytest.raises(IndexError):
+        packed[len(packed)]
+
+
+@needs_data
+def test_training_rows_are_the_tokenized_stories_packed_afresh(corpus, tokenizer_dir):
+    train, valid = corpus
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    raw = load_raw_datasets(DataArguments(train_file=[str(train)], validation_file=[str(valid)]))
+    packed = tokenize_for_training(raw["train"], tokenizer, block_size=64, seed=3)
+    stories = story_ids(tokenizer, raw["train"]["text"])
+    assert isinstance(packed, PackedStories) and _blocks(packed) == pack(stories, 64)
+    packed.set_epoch(1)
+    assert _blocks(packed) == pack([stories[i] for i in packed.order], 64) != pack(stories, 64)
+    assert CausalLMCollator(tokenizer.pad_token_id)([packed[0], packed[1]])["input_ids"].tolist() == _blocks(packed)[:2]
+
+
+def test_the_epoch_told_is_the_one_that_begins_also_within_a_resumed_epoch():
+    told = []
+    callback = RepackEachEpoch(SimpleNamespace(set_epoch=told.append))
+    for epoch in (0, 1.0, 2.37, 2 + 300 / 300, 0.1 * 3 * 10):  # the last two as Trainer's floats compute them
+        callback.on_epoch_begin(None, SimpleNamespace(epoch=epoch), None)
+    assert told == [0, 1, 2, 3, 3]
+
+
+class _Recorder(CausalLMCollator):
+    """The collator, keeping every row it is given."""
+
+    def __init__(self, pad_token_id: int):
+        super().__init__(pad_token_id)
+        self.rows = []
+
+    def __call__(self, rows):
+        self.rows.extend(row["input_ids"].tolist() for row in rows)
+        return super().__call__(rows)
+
+
+def test_trainer_draws_each_epoch_from_that_epochs_packing(tmp_path):
+    packed = PackedStories.of_rows(_rows(60), 16, seed=5)
+    packings = []
+    for epoch in range(3):
+        packed.set_epoch(epoch)
+        packings.append(_blocks(packed))
+    packed.set_epoch(0)
+    collator = _Recorder(pad_token_id=0)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
+                             learning_rate=1e-3, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                             logging_strategy="no", seed=0)
+    model = tiny_model(vocab_size=50, max_position_embeddings=16, bos_token_id=0, eos_token_id=0)
+    Trainer(model=model, args=args, train_dataset=packed, data_collator=collator,
+            callbacks=[RepackEachEpoch(packed)]).train()
+    per_epoch = len(packed)
+    assert len(collator.rows) == 3 * per_epoch
+    for epoch in range(3):
+        drawn = collator.rows[epoch * per_epoch:(epoch + 1) * per_epoch]
+        assert sorted(drawn) == sorted(packings[epoch])  # each epoch, every block of its own packing once
