@@ -220,7 +220,8 @@ class PackedStories:
     cut again. Blocks cut once would show every story at every epoch with the same neighbours, cut at the same
     places, and a run that repeats its data (the 30-minute recipe sees its stories about 5 times) would learn
     those blocks by heart; packed afresh, each story comes with other neighbours and is cut elsewhere. The number
-    of blocks is the same at every epoch, and every process of a launcher draws the same order."""
+    of blocks is the same at every epoch, and every process of a launcher draws the same order. Data-loader workers
+    copy the dataset when an epoch's batches start (`--dataloader_persistent_workers` keeps the first epoch's)."""
 
     def __init__(self, ids, offsets, block_size: int, keep_tail: bool = False, seed: int | None = None):
         import numpy as np
