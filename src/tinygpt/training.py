@@ -362,8 +362,11 @@ def run_training(argv: list[str]) -> dict:
         budget.attach(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if args.world_size > 1:  # the processes follow one plan (tinygpt.ranks): each says where it ended
-        print(f"process {args.process_index} of {args.world_size}: trained {trainer.state.global_step} steps",
-              flush=True)
+        # one write() per line: print() writes the text and its newline apart, and two processes sharing a pipe
+        # then interleave them ("...trained 39 stepsprocess 0 of 2: ...")
+        sys.stdout.write(f"process {args.process_index} of {args.world_size}: "
+                         f"trained {trainer.state.global_step} steps\n")
+        sys.stdout.flush()
     metrics = trainer.evaluate(validation)  # all of it, as `tinygpt eval` does
     model.config.use_cache = True  # Trainer turns the cache off for training; generation wants it back
     trainer.save_model(args.output_dir)  # model.safetensors, config.json + code files, tokenizer, generation_config
