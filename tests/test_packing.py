@@ -78,34 +78,37 @@ def test_the_epoch_told_is_the_one_that_begins_also_within_a_resumed_epoch():
     assert told == [0, 1, 2, 3, 3]
 
 
-class _Recorder(CausalLMCollator):
-    """The collator, keeping every row it is given."""
+class _RecordingTrainer(Trainer):
+    """Trainer, keeping the rows of every batch it trains on (in the main process, where data-loader workers
+    send their batches)."""
 
-    def __init__(self, pad_token_id: int):
-        super().__init__(pad_token_id)
-        self.rows = []
+    rows: list
 
-    def __call__(self, rows):
-        self.rows.extend(row["input_ids"].tolist() for row in rows)
-        return super().__call__(rows)
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        self.rows.extend(inputs["input_ids"].tolist())
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-def test_trainer_draws_each_epoch_from_that_epochs_packing(tmp_path):
+@pytest.mark.parametrize("workers", [{}, {"dataloader_num_workers": 1, "dataloader_persistent_workers": True}],
+                         ids=["in-process", "persistent-worker"])
+def test_trainer_draws_each_epoch_from_that_epochs_packing(tmp_path, workers):
+    """Also from a persistent data-loader worker, whose copy of the dataset was made in the first epoch."""
     packed = PackedStories.of_rows(_rows(60), 16, seed=5)
     packings = []
     for epoch in range(3):
         packed.set_epoch(epoch)
         packings.append(_blocks(packed))
     packed.set_epoch(0)
-    collator = _Recorder(pad_token_id=0)
     args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
                              learning_rate=1e-3, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                             logging_strategy="no", seed=0)
+                             logging_strategy="no", seed=0, **workers)
     model = tiny_model(vocab_size=50, max_position_embeddings=16, bos_token_id=0, eos_token_id=0)
-    Trainer(model=model, args=args, train_dataset=packed, data_collator=collator,
-            callbacks=[RepackEachEpoch(packed)]).train()
+    trainer = _RecordingTrainer(model=model, args=args, train_dataset=packed, callbacks=[RepackEachEpoch(packed)],
+                                data_collator=CausalLMCollator(pad_token_id=0))
+    trainer.rows = []
+    trainer.train()
     per_epoch = len(packed)
-    assert len(collator.rows) == 3 * per_epoch
+    assert len(trainer.rows) == 3 * per_epoch
     for epoch in range(3):
-        drawn = collator.rows[epoch * per_epoch:(epoch + 1) * per_epoch]
+        drawn = trainer.rows[epoch * per_epoch:(epoch + 1) * per_epoch]
         assert sorted(drawn) == sorted(packings[epoch])  # each epoch, every block of its own packing once

@@ -220,17 +220,20 @@ class PackedStories:
     cut again. Blocks cut once would show every story at every epoch with the same neighbours, cut at the same
     places, and a run that repeats its data (the 30-minute recipe sees its stories about 5 times) would learn
     those blocks by heart; packed afresh, each story comes with other neighbours and is cut elsewhere. The number
-    of blocks is the same at every epoch, and every process of a launcher draws the same order. Data-loader workers
-    copy the dataset when an epoch's batches start (`--dataloader_persistent_workers` keeps the first epoch's)."""
+    of blocks is the same at every epoch, and every process of a launcher draws the same order. The epoch told is
+    kept in shared memory: data-loader workers hold copies of the dataset (persistent workers keep theirs from the
+    first epoch on), and each copy reads the epoch from there and packs afresh when it changes."""
 
     def __init__(self, ids, offsets, block_size: int, keep_tail: bool = False, seed: int | None = None):
         import numpy as np
+        import torch
 
         self.ids, self.starts = ids, np.asarray(offsets[:-1], dtype=np.int64)
         self.lengths = np.diff(np.asarray(offsets, dtype=np.int64))
         self.block_size, self.keep_tail, self.seed = block_size, keep_tail, seed
         self.tokens = int(self.lengths.sum())
         self.epoch = None
+        self.told = torch.zeros((), dtype=torch.int64).share_memory_()  # the epoch, seen by every worker's copy
         self.set_epoch(0)
 
     @classmethod
@@ -254,6 +257,11 @@ class PackedStories:
         return cls(ids, offsets - offsets[0], block_size, seed=seed)
 
     def set_epoch(self, epoch: int) -> None:
+        self.told.fill_(epoch)
+        self._arrange(epoch)
+
+    def _arrange(self, epoch: int) -> None:
+        """This copy's order and story ends for the epoch."""
         import numpy as np
 
         if epoch == self.epoch:
@@ -274,6 +282,7 @@ class PackedStories:
 
         if not 0 <= i < len(self):
             raise IndexError(f"block {i} of {len(self)}")
+        self._arrange(int(self.told))  # a data-loader worker's copy follows the epoch told to the dataset
         at, stop = i * self.block_size, min((i + 1) * self.block_size, self.tokens)
         k = int(np.searchsorted(self.ends, at, side="right"))  # the story that holds the block's first token
         pieces = []
