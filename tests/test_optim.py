@@ -1,6 +1,9 @@
 """The optimizers (tinygpt.optim): the package's Muon against torch.optim.Muon, and MuonWithAdamW's state."""
 
 import io
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,7 +149,6 @@ def test_muon_allocates_its_momentum_buffers_once(monkeypatch):
 def test_bf16_if_fast_compiles_only_a_bf16_cpu_run_with_a_compiler(monkeypatch, tmp_path):
     """Compiling speeds up the bf16 step and not the float32 one (BENCHMARKS.md, "The training step"); inductor
     needs a C++ compiler, so without one the run trains uncompiled instead of failing."""
-    import sys
     from types import SimpleNamespace
 
     import tinygpt.training as training
@@ -163,3 +165,25 @@ def test_bf16_if_fast_compiles_only_a_bf16_cpu_run_with_a_compiler(monkeypatch, 
     assert not compile_pays(bf16_cpu)
     monkeypatch.setenv("CXX", sys.executable)
     assert compile_pays(bf16_cpu) and not compile_pays(SimpleNamespace(bf16=True, use_cpu=False))
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_a_training_process_keeps_the_memory_it_frees():
+    """keep_freed_memory (called by train_hf.py on a CPU): a freed 64 MB tensor stays in the process for the next
+    step to reuse, where by default glibc hands it back to the kernel at once. In fresh processes: the setting
+    is process-wide."""
+    probe = ("import os, sys, torch\n"
+             "from tinygpt.optim import keep_freed_memory\n"
+             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+             "applied = keep_freed_memory() if sys.argv[1] == 'keep' else False\n"
+             "x = torch.ones(16 * 2**20)\n"  # 64 MB of float32, every page touched
+             "held = rss()\n"
+             "del x\n"
+             "print(applied, (held - rss()) / 2**20)\n")
+    returned = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True)
+        applied, mb = out.stdout.split()
+        assert applied == str(mode == "keep")
+        returned[mode] = float(mb)
+    assert returned["default"] > 60 and returned["keep"] < 1, returned

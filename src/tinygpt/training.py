@@ -27,7 +27,8 @@ from .data import (CausalLMCollator, DataArguments, DataFileError, PackedStories
                    tokenize_for_training)
 from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .optim import adamw_groups, attend_for_compiled_training, build_muon_with_adamw, compile_pays, fast_bfloat16
+from .optim import (adamw_groups, attend_for_compiled_training, build_muon_with_adamw, compile_pays, fast_bfloat16,
+                    keep_freed_memory)
 from .ranks import decided_by_rank_zero, is_deciding_process
 from .shape import pick_shape
 from .summary import RunSummary
@@ -332,6 +333,8 @@ def run_training(argv: list[str]) -> dict:
     started = process_start_time()
     model_args, data_args, args = parse_arguments(argv)
     args.follow_rank_zero()
+    if args.device.type == "cpu":
+        keep_freed_memory()  # before the data and the model: every step reuses its memory (tinygpt.optim)
     checkpoint = prepare_output_dir(args.output_dir, model_args.resume)
     raw = load_raw_datasets(data_args, seed=args.seed)
     tokenizer = load_or_build_tokenizer(model_args, raw, Path(args.output_dir), args)
