@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py                    # about 3 minutes on 2 cores
     python benchmarks/bench_train_step.py --shape 256x4      # another width x depth
     python benchmarks/bench_train_step.py --heads 3          # 192 x 8 with 3 heads of 64 instead of 6 of 32
+    python benchmarks/bench_train_step.py --malloc default   # glibc's allocator defaults instead of the recipe's
     CUDA_VISIBLE_DEVICES= python benchmarks/bench_train_step.py --threads 2   # 2 cores of a bigger CPU
 
 The step of `--preset cpu` (batch 16 x 256, Muon 4e-3 + AdamW, gradient clipping, float32 or the bf16 autocast
@@ -33,8 +34,8 @@ from transformers import GPTNeoForCausalLM, HfArgumentParser
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import tinygpt_config_to_gpt_neo
-from tinygpt.optim import (Muon, MuonWithAdamW, attend_for_compiled_training, fast_bfloat16, muon_parameter_names,
-                           orthogonalise)
+from tinygpt.optim import (Muon, MuonWithAdamW, attend_for_compiled_training, fast_bfloat16, keep_freed_memory,
+                           muon_parameter_names, orthogonalise)
 from tinygpt.shape import shape_overrides, training_step
 from tinygpt.throughput import machine, matmul_peak_flops, model_flops_per_token
 
@@ -48,6 +49,7 @@ class Args:
     rounds: int = 6  # timed steps per variant, interleaved
     compile: bool = True
     threads: int | None = None  # torch's threads (default: all cores), e.g. 2 to stand in for a 2-core machine
+    malloc: str = "keep"  # keep: freed memory kept for reuse, as train_hf.py trains on a CPU; default: glibc's own
     out: str | None = None
 
 
@@ -126,6 +128,9 @@ def main(argv=None) -> None:
     (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(args=argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc not in ("keep", "default"):
+        raise SystemExit(f"--malloc {args.malloc!r}: keep or default")
+    kept = args.malloc == "keep" and keep_freed_memory()  # process-wide: every variant alike
     hidden, layers = map(int, args.shape.split("x"))
     shape = shape_overrides(hidden, layers) | ({"num_attention_heads": args.heads} if args.heads else {})
     config = TinyGPTConfig.from_preset("tinystories-cpu", **shape, vocab_size=8001,
@@ -150,6 +155,7 @@ def main(argv=None) -> None:
     tokens = args.batch * args.block
     results = {"machine": machine(), "precision": "bfloat16 autocast" if bf16 else "float32",
                "shape": args.shape, "heads": config.num_attention_heads, "batch": [args.batch, args.block],
+               "malloc": "freed memory kept (mallopt)" if kept else "glibc's defaults",
                "matmul_peak_gflops_per_s": round(peak / 1e9, 1),
                "model_flops_per_token": per_token, "variants": {}}
     base = statistics.median(times["committed"])
