@@ -55,9 +55,9 @@ def keep_freed_memory() -> bool:
     to None), the activations, the loss's logits chunks (1,024 x 8,001 float32, 33 MB). By default glibc serves
     every allocation over its mmap threshold (at most 32 MB) with fresh pages from the kernel and returns them
     at free, so each step pays for unmapping its memory and for faulting it in, zeroed, again. Measured on 2 cores
-    of a Zen 5 EPYC (2026-12-05, 192 x 8, compiled bf16, the recipe's command with --time_budget 3): 410 ->
-    330 ms per step in Trainer, peak memory 2.02 -> 2.15 GB. The heap then stays at the run's peak size, which
-    a training process reaches anyway. Process-wide: call it in a process that trains."""
+    of a Zen 5 EPYC (2026-12-05, 192 x 8, compiled bf16, the recipe's command with --time_budget 3, this function
+    against a no-op): 470 -> 345 ms per step in Trainer, peak memory 1.67 -> 2.21 GB (BENCHMARKS.md, "The training
+    step"). The heap then stays at the run's peak size. Process-wide: call it in a process that trains."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
