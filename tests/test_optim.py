@@ -167,6 +167,50 @@ def test_bf16_if_fast_compiles_only_a_bf16_cpu_run_with_a_compiler(monkeypatch, 
     assert compile_pays(bf16_cpu) and not compile_pays(SimpleNamespace(bf16=True, use_cpu=False))
 
 
+def test_fast_bfloat16_measures_the_units_on_one_thread_for_a_while(monkeypatch):
+    """The precision of a --bf16_if_fast run (3x its speed on a CPU with bf16 units) is decided by timing small
+    products: on one thread, where another busy process cannot make the threads of a product wait for each other
+    (that flipped 5 of 8 decisions, docs/benchmarks-history.md), each dtype for 50 ms, and torch's threads are
+    given back."""
+    import tinygpt.optim as optim
+
+    threads = torch.get_num_threads()
+    seen = []
+
+    def timed(dtype, repeats, size, min_seconds):
+        seen.append((dtype, torch.get_num_threads(), min_seconds))
+        return {torch.bfloat16: 4.0e11, torch.float32: 1.1e11}[dtype]
+
+    monkeypatch.setattr(optim, "matmul_peak_flops", timed)
+    optim.fast_bfloat16.cache_clear()
+    try:
+        assert optim.fast_bfloat16() is True
+    finally:
+        optim.fast_bfloat16.cache_clear()
+    assert [(dtype, n) for dtype, n, _ in seen] == [(torch.bfloat16, 1), (torch.float32, 1)]
+    assert all(min_seconds >= 0.05 for *_, min_seconds in seen) and torch.get_num_threads() == threads
+
+
+def test_a_matmul_timing_outlasts_a_stall():
+    """matmul_peak_flops with min_seconds keeps timing products until that much time has passed, so a stall
+    that slows the first few (here 35 ms in all, 5 ms a product against 0.1 ms) does not become the measurement."""
+    from tinygpt.throughput import matmul_peak_flops
+
+    def stalled_clock():
+        calls, now = 0, 0.0
+
+        def clock():  # each reading 5 ms after the one before for the first seven (three timings), then 0.1 ms
+            nonlocal calls, now
+            calls += 1
+            now += 0.005 if calls <= 7 else 0.0001
+            return now
+        return clock
+
+    best_of_three = matmul_peak_flops(torch.float32, 3, 8, 0.0, stalled_clock())
+    for_50_ms = matmul_peak_flops(torch.float32, 3, 8, 0.05, stalled_clock())
+    assert best_of_three == pytest.approx(2 * 8**3 / 0.005) and for_50_ms == pytest.approx(2 * 8**3 / 0.0001)
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_training_process_keeps_the_memory_it_frees():
     """keep_freed_memory (called by train_hf.py on a CPU): a freed 64 MB tensor stays in the process for the next

@@ -26,10 +26,20 @@ from .throughput import matmul_peak_flops
 @functools.lru_cache(maxsize=1)
 def fast_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices faster than float32 ones (measured, about 0.1 s): 256-wide
-    products, small enough to take little time where bfloat16 is ~100x slower (AVX2-only CPUs)."""
+    products, small enough to take little time where bfloat16 is ~100x slower (AVX2-only CPUs), on one thread,
+    each dtype for 50 ms. A property of the CPU's units, so measured where another process cannot move it: with
+    one busy on one of 2 cores, the 2-thread bfloat16 product ran at 4-8 GFLOP/s (its threads wait for each other)
+    and the recipe chose float32 on a CPU with bf16 units in 5 of 8 fresh processes, and trained 3x slower; on one
+    thread, 8 of 8 chose bf16 (about 450 against 113 GFLOP/s; docs/benchmarks-history.md)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return matmul_peak_flops(torch.bfloat16, 3, 256) > 1.25 * matmul_peak_flops(torch.float32, 3, 256)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return (matmul_peak_flops(torch.bfloat16, 3, 256, min_seconds=0.05)
+                > 1.25 * matmul_peak_flops(torch.float32, 3, 256, min_seconds=0.05))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compile_pays(args) -> bool:

@@ -33,24 +33,28 @@ def model_flops_per_token(model, block_size: int) -> int:
 
 
 @lru_cache(maxsize=8)
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 5, size: int | None = None) -> float:
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 5, size: int | None = None,
+                      min_seconds: float = 0.0, clock=time.perf_counter) -> float:
     """FLOP/s of a square matrix product on this machine's CPU (1024: the size the CPU reaches its peak at), or
-    GPU (8192, 10 products per timing: a GPU needs that much work to reach its own), best of `repeats`. The one
-    timing of matrix products: `fast_bfloat16` compares two small ones (`size`)."""
+    GPU (8192, 10 products per timing: a GPU needs that much work to reach its own): the best of `repeats`
+    timings, or of as many as `min_seconds` take (a product of 256 takes 0.05-0.1 ms: a brief stall of the core
+    would slow every one of a few). The one timing of matrix products: `fast_bfloat16` compares two small ones
+    (`size`)."""
     device, peak_size, products = ("cuda", 8192, 10) if torch.cuda.is_available() else ("cpu", 1024, 1)
     size = size or peak_size
     a = torch.randn(size, size, device=device).to(dtype)
     a @ a  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
+    best, timed, started = float("inf"), 0, clock()
+    while timed < repeats or clock() - started < min_seconds:
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         for _ in range(products):
             a @ a
         if device == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
+        timed += 1
     return products * 2 * size**3 / best
 
 
