@@ -70,3 +70,18 @@ def test_generate_streams_text_and_rejects_bad_input(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     no_app = tinygpt("app", "--model", str(tmp_path), "--model", str(tmp_path / "nope"))
     assert no_app.returncode == 2 and "nope' does not exist" in no_app.stderr and "Traceback" not in no_app.stderr
+
+
+def test_eval_keeps_the_memory_each_batch_frees(tmp_path, monkeypatch):
+    """`tinygpt eval` sets glibc to keep freed memory (tinygpt.optim.keep_freed_memory) before it evaluates, as
+    training does: each batch frees and allocates the same logits."""
+    import tinygpt.cli as cli
+    import tinygpt.optim as optim
+
+    saved_model_with_tokenizer(tmp_path / "model")
+    stories = tmp_path / "stories.txt"
+    stories.write_text("Once upon a time there was a cat.\n<|endoftext|>\nTom had a red ball. He liked it.\n")
+    calls = []
+    monkeypatch.setattr(optim, "keep_freed_memory", lambda: calls.append("kept") or True)
+    assert cli.main(["eval", "--model", str(tmp_path / "model"), "--data", str(stories)]) == 0
+    assert calls == ["kept"]

@@ -89,10 +89,14 @@ def cmd_eval(args) -> None:
     from .consistency import evaluate_consistency
     from .data import load_texts
     from .evaluation import evaluate_texts
+    from .optim import keep_freed_memory
 
     if not args.data and not args.consistency:
         raise ValueError("give --data (held-out stories) and/or --consistency")
     _check_model_folder(args.model)
+    # every batch allocates and frees the same logits (16 x 256 x 8,001 float32, 131 MB): kept for the next batch,
+    # all of valid.txt took 116 s instead of 143-157 on 2 Zen 5 cores (docs/benchmarks-history.md)
+    keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     result = {}

@@ -67,7 +67,8 @@ def keep_freed_memory() -> bool:
     at free, so each step pays for unmapping its memory and for faulting it in, zeroed, again. Measured on 2 cores
     of a Zen 5 EPYC (2026-12-05, 192 x 8, compiled bf16, the recipe's command with --time_budget 3, this function
     against a no-op): 470 -> 345 ms per step in Trainer, peak memory 1.67 -> 2.21 GB (BENCHMARKS.md, "The training
-    step"). The heap then stays at the run's peak size. Process-wide: call it in a process that trains."""
+    step"). The heap then stays at the run's peak size. Process-wide: call it in a process that trains or
+    evaluates (`tinygpt eval` does)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
