@@ -7,8 +7,10 @@ see at least TOKENS_PER_PARAMETER tokens per parameter at its measured speed (th
 measured), or the smallest if none does. Fitted to full 30-minute runs (docs/benchmarks-history.md, "The
 record"): on 2 AVX2 cores 96 x 6 beat 128 x 8, which the budget let see 1.35-1.67 tokens per parameter by the
 estimate at the start (1.75 in the run); on 2 cores with bf16 units, compiled, 192 x 8, estimated at 2.21 (2.76 in
-the run), beat 160 x 8 (4.33; 3.86) by 0.005 bits per byte and 0.02 consistency, the same day. An explicit
-`--config_overrides` or `--model_preset` wins: then no candidate is measured.
+the run), beat 160 x 8 (4.33; 3.86) by 0.005 bits per byte and 0.02 consistency, the same day. Without bf16 units
+(one Zen 5 core told to use AVX2 at most, 2026-12-06; docs/screen-without-bf16.md) 96 x 6 at 4.9 tokens per parameter in
+the run, 128 x 6 at 2.4 and 128 x 4 at 3.1 ended level (0.7926, 0.7917, 0.7917); 96 x 10 and 160 x 4 (1.8) lost.
+An explicit `--config_overrides` or `--model_preset` wins: then no candidate is measured.
 """
 import time
 from collections.abc import Callable
