@@ -112,3 +112,40 @@ def test_trainer_draws_each_epoch_from_that_epochs_packing(tmp_path, workers):
     for epoch in range(3):
         drawn = trainer.rows[epoch * per_epoch:(epoch + 1) * per_epoch]
         assert sorted(drawn) == sorted(packings[epoch])  # each epoch, every block of its own packing once
+
+
+def test_story_positions_start_again_after_every_separator():
+    import torch
+
+    from tinygpt.data import story_positions
+
+    ids = torch.tensor([[4, 5, 0, 6, 7, 8, 0, 0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]])
+    assert story_positions(ids, 0).tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 0], [0, 0, 1, 2, 3, 4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_stories_apart_a_packed_block_reads_each_story_as_if_alone(attention):
+    """Each story of the block, from its first token to its separator, gets the logits it gets alone, across the
+    local layers' window too; the story cut at the block's end as well. Without stories_apart the second story
+    reads the first."""
+    import torch
+
+    model = tiny_model(eos_token_id=0, use_cache=False)
+    model.set_attn_implementation(attention)
+    stories = [row for row in _rows(12, seed=1) if len(row) > 10][:3]  # separators 0, lengths 11-30
+    block = [token for row in stories for token in row][:64]
+    batch = CausalLMCollator(pad_token_id=0, stories_apart=True)([{"input_ids": block}, {"input_ids": block}])
+    assert CausalLMCollator(pad_token_id=0)([{"input_ids": block}]).keys() == {"input_ids", "labels"}
+    with torch.no_grad():
+        apart = model(**batch).logits[1]
+        together = model(input_ids=batch["input_ids"]).logits[1]
+        start = 0
+        for row in stories:
+            piece = block[start:start + len(row)]
+            if not piece:
+                break
+            alone = model(input_ids=torch.tensor([piece])).logits[0]
+            torch.testing.assert_close(apart[start:start + len(piece)], alone, atol=1e-5, rtol=1e-5)
+            if start:
+                assert not torch.allclose(together[start:start + len(piece)], alone, atol=1e-3)
+            start += len(piece)

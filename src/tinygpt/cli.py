@@ -102,9 +102,10 @@ def cmd_eval(args) -> None:
     result = {}
     if args.data:
         texts = load_texts(args.data[0] if len(args.data) == 1 else args.data, split=args.split)["text"]
-        result = evaluate_texts(model, tokenizer, texts, block_size=args.block_size, batch_size=args.batch_size)
+        result = evaluate_texts(model, tokenizer, texts, block_size=args.block_size, batch_size=args.batch_size,
+                                stories_apart=args.stories_apart)
         print(f"{result['stories']:,} stories, {result['tokens']:,} tokens, {result['bytes']:,} bytes, "
-              f"blocks of {result['block_size']} tokens")
+              f"blocks of {result['block_size']} tokens" + (", each story read alone" if args.stories_apart else ""))
         print(f"loss {result['loss']:.4f}   perplexity {result['perplexity']:.3f}   "
               f"bits per byte {result['bits_per_byte']:.4f}")
     if args.consistency:
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--block-size", type=int, default=None,
                           help="default: the model's positions, the context it was trained on")
     evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--stories-apart", action="store_true",
+                          help="each story attends only to itself, from position 0, as if read alone")
     evaluate.add_argument("--json", action="store_true", help="also print the result as JSON")
     evaluate.set_defaults(run=cmd_eval)
 

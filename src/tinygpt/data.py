@@ -108,6 +108,8 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenization"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training stories"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation stories"})
+    stories_apart: bool = field(default=False, metadata={
+        "help": "in packed blocks each story attends only to itself, from position 0 (as read alone)"})
     eval_subset_stories: int | None = field(default=None, metadata={
         "help": "evaluations during training use the first N validation stories; the final one uses them all"})
 
@@ -325,12 +327,27 @@ def tokenize_for_training(dataset, tokenizer, block_size: int, packing: bool = T
     return PackedStories.of_dataset(rows, block_size, seed) if per_epoch else rows
 
 
+def story_positions(ids, eos_token_id: int):
+    """Position ids that start again at 0 after every <|endoftext|>: ids (B, T) -> (B, T). Given to the model,
+    they also keep each story's attention within the story (transformers' mask utilities read a restart of the
+    positions as the start of another sequence), so a packed block is read as its stories would be read alone."""
+    import torch
+
+    T = ids.shape[-1]
+    index = torch.arange(T, device=ids.device).expand_as(ids)  # (B, T)
+    after_eos = torch.zeros_like(ids, dtype=torch.bool)
+    after_eos[:, 1:] = ids[:, :-1] == eos_token_id
+    starts = torch.where(after_eos, index, torch.zeros_like(index)).cummax(dim=-1).values  # each story's first index
+    return index - starts
+
+
 class CausalLMCollator:
     """Rows of token ids -> a batch with labels (the ids themselves; the model shifts them). Rows of unequal
-    length (no packing) are padded with eos, masked out of the attention and of the loss."""
+    length (no packing) are padded with eos, masked out of the attention and of the loss. With stories_apart,
+    packed blocks also get `story_positions`: each story attends only to itself, from position 0."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, stories_apart: bool = False):
+        self.pad_token_id, self.stories_apart = pad_token_id, stories_apart
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
@@ -342,5 +359,7 @@ class CausalLMCollator:
             ids[i, :len(row["input_ids"])] = torch.as_tensor(row["input_ids"], dtype=torch.long)
             mask[i, :len(row["input_ids"])] = 1
         if bool(mask.all()):  # packed blocks: plain causal attention, every token a label
+            if self.stories_apart:
+                return {"input_ids": ids, "labels": ids.clone(), "position_ids": story_positions(ids, self.pad_token_id)}
             return {"input_ids": ids, "labels": ids.clone()}
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}

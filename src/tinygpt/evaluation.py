@@ -49,7 +49,7 @@ def evaluation_blocks(texts: Iterable[str], tokenizer, block_size: int) -> tuple
 
 
 def evaluate_texts(model, tokenizer, texts: Iterable[str], block_size: int | None = None, batch_size: int = 16,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, stories_apart: bool = False) -> dict:
     """Loss, perplexity and bits per byte of the model on the stories, in float32 and eval mode."""
     block_size = block_size or model.config.max_position_embeddings
     if not 2 <= block_size <= model.config.max_position_embeddings:
@@ -57,16 +57,16 @@ def evaluate_texts(model, tokenizer, texts: Iterable[str], block_size: int | Non
                          f"({model.config.max_position_embeddings})")
     texts = list(texts)
     blocks, n_bytes = evaluation_blocks(texts, tokenizer, block_size)
-    collate = CausalLMCollator(tokenizer.eos_token_id)  # the padding and labels of training's batches
+    collate = CausalLMCollator(tokenizer.eos_token_id, stories_apart)  # the padding and labels of training's batches
     total_nats, predicted = 0.0, 0
     with evaluating(model):
         for start in tqdm(range(0, len(blocks), batch_size), desc="evaluating", unit="batch", disable=not progress):
             batch = collate([{"input_ids": b} for b in blocks[start:start + batch_size]])
             batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
             count = int((batch["labels"][:, 1:] != -100).sum())
-            total_nats += model(**batch).loss.item() * count
+            total_nats += model(**batch, use_cache=False).loss.item() * count  # no cache: nothing is generated
             predicted += count
     loss = total_nats / predicted
-    return {"stories": len(texts), "blocks": len(blocks),
+    return {"stories": len(texts), "stories_apart": stories_apart, "blocks": len(blocks),
             "block_size": block_size, "tokens": predicted + len(blocks), "bytes": n_bytes, "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": bits_per_byte(total_nats, n_bytes)}
