@@ -85,3 +85,27 @@ def test_eval_keeps_the_memory_each_batch_frees(tmp_path, monkeypatch):
     monkeypatch.setattr(optim, "keep_freed_memory", lambda: calls.append("kept") or True)
     assert cli.main(["eval", "--model", str(tmp_path / "model"), "--data", str(stories)]) == 0
     assert calls == ["kept"]
+
+
+def test_eval_stories_apart_scores_each_story_as_read_alone(tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import tinygpt.cli as cli
+    from tinygpt.evaluation import evaluate_texts
+
+    saved_model_with_tokenizer(tmp_path / "model")
+    texts = ["Once upon a time there was a cat.", "Tom had a red ball. He liked it."]
+    stories = tmp_path / "stories.txt"
+    stories.write_text("\n<|endoftext|>\n".join(texts) + "\n")
+    results = []
+    for apart in ([], ["--stories-apart"]):
+        assert cli.main(["eval", "--model", str(tmp_path / "model"), "--data", str(stories), "--json", *apart]) == 0
+        results.append(json.loads(capsys.readouterr().out.splitlines()[-1]))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    expected = evaluate_texts(model, tokenizer, texts, progress=False, stories_apart=True)
+    assert results[1]["stories_apart"] and not results[0]["stories_apart"]
+    assert results[1]["bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-5)
+    assert results[1]["bits_per_byte"] != pytest.approx(results[0]["bits_per_byte"], rel=1e-4)

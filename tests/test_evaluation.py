@@ -127,6 +127,32 @@ def test_bits_per_byte_counts_every_token_once_and_the_bytes_of_the_stories():
         evaluate_texts(model, Chars(), texts, block_size=65)
 
 
+
+def test_bits_per_byte_of_stories_read_apart_is_each_story_scored_alone():
+    """--stories-apart: every token is predicted from its own story only, the story starting at position 0; the
+    first token of the next story is predicted at the <|endoftext|> that ends a story, from that story."""
+    model = tiny_model(vocab_size=97)
+
+    class Chars:
+        eos_token_id = 96
+
+        def __call__(self, texts, add_special_tokens=False, **kwargs):
+            return type("Encoding", (), {"input_ids": [[ord(c) % 96 for c in text] for text in texts]})
+
+    texts = ["abcdefghij", "hello", "xyz" * 4]  # one block of 11 + 6 + 13 tokens
+    result = evaluate_texts(model, Chars(), texts, block_size=64, progress=False, stories_apart=True)
+    pieces = [[ord(c) % 96 for c in text] + [96] for text in texts]
+    total = 0.0
+    for i, piece in enumerate(pieces):
+        logprobs = model(torch.tensor([piece])).logits[0].log_softmax(-1)  # the story alone, from position 0
+        targets = piece[1:] + (pieces[i + 1][:1] if i + 1 < len(pieces) else [])
+        total -= sum(logprobs[j, token].item() for j, token in enumerate(targets))
+    assert result["tokens"] == 30 and result["stories_apart"]
+    assert result["bits_per_byte"] == pytest.approx(total / math.log(2) / 27, rel=1e-5)  # 27 bytes of text
+    together = evaluate_texts(model, Chars(), texts, block_size=64, progress=False)["bits_per_byte"]
+    assert together != pytest.approx(result["bits_per_byte"], rel=1e-3)
+
+
 def lm_eval(trained, tasks, metadata=None, tmp_path=None):
     """lm-evaluation-harness's CLI with its HF backend, as the README shows it."""
     command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",

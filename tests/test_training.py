@@ -92,6 +92,27 @@ def test_a_time_budget_ends_the_run_in_time_with_its_schedule_complete(corpus, t
     assert str(tmp_path) not in json.dumps(summary) and "--train_file <train_file>" in summary["command"]
 
 
+@pytest.mark.slow
+def test_stories_apart_trains_and_evaluates_each_story_alone(corpus, tmp_path):
+    """--stories_apart: the training batches read each story alone (the first step's loss is not the packed
+    reading's, from the same weights and data), and the run's evaluation is `tinygpt eval --stories-apart`."""
+    train, valid = corpus
+    summaries = {}
+    for name, apart in (("together", []), ("apart", ["--stories_apart"])):
+        out = tmp_path / name
+        result = train_hf(*TINY, "--train_file", str(train), "--validation_file", str(valid), "--output_dir", str(out),
+                          "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", *apart)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries[name] = json.loads((out / "training_summary.json").read_text())
+    first = {name: json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"][0]["loss"]
+             for name in summaries}
+    assert first["apart"] != pytest.approx(first["together"], rel=1e-4)
+    figures = tinygpt_eval("--model", str(tmp_path / "apart"), "--data", str(valid), "--stories-apart")
+    assert figures["bits_per_byte"] == pytest.approx(summaries["apart"]["eval"]["eval_bits_per_byte"], rel=1e-4)
+    packed = tinygpt_eval("--model", str(tmp_path / "apart"), "--data", str(valid))
+    assert packed["bits_per_byte"] != pytest.approx(figures["bits_per_byte"], rel=1e-4)
+
+
 def test_data_formats_and_held_out_split(corpus, tmp_path):
     train, _ = corpus
     stories = read_stories(train)

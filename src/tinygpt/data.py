@@ -358,8 +358,9 @@ class CausalLMCollator:
         for i, row in enumerate(rows):
             ids[i, :len(row["input_ids"])] = torch.as_tensor(row["input_ids"], dtype=torch.long)
             mask[i, :len(row["input_ids"])] = 1
-        if bool(mask.all()):  # packed blocks: plain causal attention, every token a label
+        if bool(mask.all()):  # packed blocks: causal attention (within each story, apart), every token a label
+            batch = {"input_ids": ids, "labels": ids.clone()}
             if self.stories_apart:
-                return {"input_ids": ids, "labels": ids.clone(), "position_ids": story_positions(ids, self.pad_token_id)}
-            return {"input_ids": ids, "labels": ids.clone()}
+                batch["position_ids"] = story_positions(ids, self.pad_token_id)
+            return batch
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}

@@ -360,7 +360,8 @@ def run_training(argv: list[str]) -> dict:
     timer = budget.timer if budget else StepTimer()  # a budget times the steps it plans with
     trainer = TinyGPTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=eval_subset, block_size=block_size, started=started,
-        stories_apart=data_args.stories_apart, data_collator=CausalLMCollator(tokenizer.pad_token_id, data_args.stories_apart), processing_class=tokenizer,
+        stories_apart=data_args.stories_apart, processing_class=tokenizer,
+        data_collator=CausalLMCollator(tokenizer.pad_token_id, data_args.stories_apart),
         callbacks=[CheckpointCompleteCallback(), samples] + ([] if budget else [timer])
         + ([RepackEachEpoch(train)] if isinstance(train, PackedStories) else []))
     if budget:
