@@ -107,6 +107,7 @@ def test_stories_apart_trains_and_evaluates_each_story_alone(corpus, tmp_path):
     first = {name: json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"][0]["loss"]
              for name in summaries}
     assert first["apart"] != pytest.approx(first["together"], rel=1e-4)
+    assert summaries["apart"]["data"]["stories_apart"] and not summaries["together"]["data"]["stories_apart"]
     figures = tinygpt_eval("--model", str(tmp_path / "apart"), "--data", str(valid), "--stories-apart")
     assert figures["bits_per_byte"] == pytest.approx(summaries["apart"]["eval"]["eval_bits_per_byte"], rel=1e-4)
     packed = tinygpt_eval("--model", str(tmp_path / "apart"), "--data", str(valid))

@@ -278,8 +278,7 @@ class TinyGPTTrainer(Trainer):
     `tinygpt eval`), its learning-rate `Schedule` (which a time budget re-plans) and, with --muon, Muon.
     The evaluation data are the validation stories (a "text" column), not token blocks."""
 
-    def __init__(self, *args, block_size: int, started: float | None = None, stories_apart: bool = False,
-                 **kwargs):
+    def __init__(self, *args, block_size: int, started: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.label_smoother is not None and self.compute_loss_func is None:
             # Trainer shifts the labels for label smoothing only for transformers' own causal-LM classes; TinyGPT
@@ -288,7 +287,7 @@ class TinyGPTTrainer(Trainer):
             smoother = self.label_smoother
             self.compute_loss_func = lambda outputs, labels, num_items_in_batch=None: smoother(
                 outputs, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
-        self.block_size, self.stories_apart = block_size, stories_apart
+        self.block_size = block_size
         self.started = process_start_time() if started is None else started
         self.schedule: Schedule | None = None  # a TimeBudget attached to this trainer gives its own
 
@@ -321,7 +320,7 @@ class TinyGPTTrainer(Trainer):
         began = time.time()
         result = evaluate_texts(self.model, self.processing_class, (row["text"] for row in data), self.block_size,
                                 self.args.per_device_eval_batch_size, progress=not self.args.disable_tqdm,
-                                stories_apart=self.stories_apart)
+                                stories_apart=getattr(self.data_collator, "stories_apart", False))  # as training reads
         metrics = {f"{metric_key_prefix}_{name}": result[name] for name in ("loss", "perplexity", "bits_per_byte")}
         metrics[f"{metric_key_prefix}_stories"] = result["stories"]
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - began, 3)  # as Trainer's own evaluate reports it
@@ -360,8 +359,7 @@ def run_training(argv: list[str]) -> dict:
     timer = budget.timer if budget else StepTimer()  # a budget times the steps it plans with
     trainer = TinyGPTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=eval_subset, block_size=block_size, started=started,
-        stories_apart=data_args.stories_apart, processing_class=tokenizer,
-        data_collator=CausalLMCollator(tokenizer.pad_token_id, data_args.stories_apart),
+        data_collator=CausalLMCollator(tokenizer.pad_token_id, data_args.stories_apart), processing_class=tokenizer,
         callbacks=[CheckpointCompleteCallback(), samples] + ([] if budget else [timer])
         + ([RepackEachEpoch(train)] if isinstance(train, PackedStories) else []))
     if budget:
