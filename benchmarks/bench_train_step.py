@@ -13,7 +13,9 @@ that `--bf16_if_fast` picks) in variants that add one change at a time:
 - chunked loss: the training forward path, `LinearCrossEntropy` (no full logits);
 - + batched Muon, fused AdamW: tinygpt.optim as it is (the recipe's float32 step);
 - + compiled, eager attention: the model `torch.compile`d with the eager attention (compile time reported
-  separately; tinygpt.optim.attend_for_compiled_training): the recipe's step where `--bf16_if_fast` picks bf16;
+  separately);
+- + GELU from sigmoid: and its MLPs' gelu_new computed as x sigmoid(2z) (tinygpt.optim.prepare_for_cpu_training
+  makes both changes): the recipe's step where `--bf16_if_fast` picks bf16;
 - GPT-Neo: transformers' GPTNeoForCausalLM at the same shape, AdamW (the reference implementation).
 Medians over the timed steps after a warm-up, variants interleaved round by round so drift hits all alike; then
 torch.profiler over the recipe's step by op family, each family's share and, for the matrix products and the
@@ -34,8 +36,8 @@ from transformers import GPTNeoForCausalLM, HfArgumentParser
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.convert import tinygpt_config_to_gpt_neo
-from tinygpt.optim import (Muon, MuonWithAdamW, attend_for_compiled_training, fast_bfloat16, keep_freed_memory,
-                           muon_parameter_names, orthogonalise)
+from tinygpt.optim import (Muon, MuonWithAdamW, fast_bfloat16, keep_freed_memory, muon_parameter_names,
+                           orthogonalise, prepare_for_cpu_training)
 from tinygpt.shape import shape_overrides, training_step
 from tinygpt.throughput import machine, matmul_peak_flops, model_flops_per_token
 
@@ -86,8 +88,11 @@ def variant(name: str, config: TinyGPTConfig, bf16: bool):
         return model, torch.optim.AdamW(model.parameters(), lr=4e-3, betas=(0.9, 0.95), fused=True), True
     model = TinyGPTForCausalLM(copy.deepcopy(config))  # its own config: the attention set below is the config's
     opt = optimizer(model, committed=name in ("committed", "chunked loss"))
-    if name == "+ compiled, eager attention":  # as a --bf16_if_fast run on a CPU with bf16 units trains it
-        attend_for_compiled_training(model, SimpleNamespace(torch_compile=True, use_cpu=True))
+    if name == "+ compiled, eager attention":
+        model.set_attn_implementation("eager")
+    if name == "+ GELU from sigmoid":  # as a --bf16_if_fast run on a CPU with bf16 units trains it
+        prepare_for_cpu_training(model, SimpleNamespace(torch_compile=True, use_cpu=True))
+    if name in ("+ compiled, eager attention", "+ GELU from sigmoid"):
         model = torch.compile(model)
     # eval mode = the full-logits loss path (the model has no dropout, so the function is the same)
     return model, opt, name != "committed"
@@ -138,7 +143,7 @@ def main(argv=None) -> None:
     bf16 = fast_bfloat16()  # what --bf16_if_fast picks on this machine
     ids = torch.randint(0, config.vocab_size, (args.batch, args.block), generator=torch.Generator().manual_seed(0))
     names = ["committed", "chunked loss", "+ batched Muon, fused AdamW"] + \
-        (["+ compiled, eager attention"] if args.compile else []) + ["GPT-Neo"]
+        (["+ compiled, eager attention", "+ GELU from sigmoid"] if args.compile else []) + ["GPT-Neo"]
     built, warm = {}, {}
     for name in names:
         built[name] = variant(name, config, bf16)

@@ -231,3 +231,48 @@ def test_a_training_process_keeps_the_memory_it_frees():
         assert applied == str(mode == "keep")
         returned[mode] = float(mb)
     assert returned["default"] > 60 and returned["keep"] < 1, returned
+
+
+def test_sigmoid_gelu_is_gelu_new():
+    """SigmoidGELU, which a model compiled for CPU training computes, is transformers' gelu_new and torch's tanh
+    GELU, values and gradients, to float32 precision."""
+    from transformers.activations import ACT2FN
+
+    from tinygpt.optim import SigmoidGELU
+
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64).float().requires_grad_()
+    ours = SigmoidGELU()(x)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    for reference in (ACT2FN["gelu_new"], torch.nn.GELU(approximate="tanh")):
+        expected = reference(x)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+        torch.testing.assert_close(ours, expected, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(grad, expected_grad, atol=2e-6, rtol=1e-5)
+
+
+def test_prepare_for_cpu_training_changes_only_a_compiled_cpu_run_and_no_saved_model(tmp_path):
+    """Compiled CPU training: the eager attention and SigmoidGELU, the same logits; any other run untouched; the
+    saved model loads with torch's GELU and the default attention."""
+    from types import SimpleNamespace
+
+    from tinygpt import TinyGPTForCausalLM
+    from tinygpt.optim import SigmoidGELU, prepare_for_cpu_training
+
+    ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(0))
+    reference = tiny_model()
+    expected = reference(ids).logits
+    for compiled, cpu in ((False, True), (True, False)):
+        model = tiny_model()
+        prepare_for_cpu_training(model, SimpleNamespace(torch_compile=compiled, use_cpu=cpu))
+        assert all(type(layer.mlp.act) is torch.nn.GELU for layer in model.model.layers)
+        assert model.config._attn_implementation == reference.config._attn_implementation
+    model = tiny_model()
+    prepare_for_cpu_training(model, SimpleNamespace(torch_compile=True, use_cpu=True))
+    assert all(isinstance(layer.mlp.act, SigmoidGELU) for layer in model.model.layers)
+    assert model.config._attn_implementation == "eager"
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = TinyGPTForCausalLM.from_pretrained(tmp_path)
+    assert all(type(layer.mlp.act) is torch.nn.GELU for layer in loaded.model.layers)
+    assert loaded.config._attn_implementation == reference.config._attn_implementation
+    torch.testing.assert_close(loaded(ids).logits, expected, atol=1e-5, rtol=1e-5)

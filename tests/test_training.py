@@ -348,13 +348,13 @@ def test_the_compiled_bf16_step_tracks_the_float32_step():
     from types import SimpleNamespace
 
     from conftest import tiny_config
-    from tinygpt.optim import attend_for_compiled_training
+    from tinygpt.optim import prepare_for_cpu_training
 
     torch.manual_seed(0)
     reference = TinyGPTForCausalLM(tiny_config()).train()
     trained = TinyGPTForCausalLM(tiny_config()).train()
     trained.load_state_dict(reference.state_dict())
-    attend_for_compiled_training(trained, SimpleNamespace(torch_compile=True, use_cpu=True))
+    prepare_for_cpu_training(trained, SimpleNamespace(torch_compile=True, use_cpu=True))
     assert trained.config._attn_implementation == "eager"
     compiled = torch.compile(trained)
     ids = torch.randint(0, 96, (4, 48), generator=torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ import torch
 
 from .configuration_tinygpt import TinyGPTConfig
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .optim import attend_for_compiled_training, build_muon_with_adamw
+from .optim import build_muon_with_adamw, prepare_for_cpu_training
 
 TOKENS_PER_PARAMETER = 2.0  # between 1.35-1.67 (estimated; lost at 30 minutes) and 2.21 (estimated; won)
 # Heads of 32: at 192 x 8, compiled bf16, 3 heads of 64 step 14% faster than 6 of 32 (bench_train_step --heads 3)
@@ -56,7 +56,7 @@ def measure_tokens_per_s(config: TinyGPTConfig, args, block_size: int, steps: in
     device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
     model.to(device)
     ids = ids.to(device)
-    attend_for_compiled_training(model, args)
+    prepare_for_cpu_training(model, args)
     if args.torch_compile:  # as Trainer compiles it; inductor's cache then spares the run most of its compiling
         model = torch.compile(model, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
     seconds = [training_step(model, optimizer, ids, args.bf16, args.max_grad_norm)

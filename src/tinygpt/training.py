@@ -27,8 +27,8 @@ from .data import (CausalLMCollator, DataArguments, DataFileError, PackedStories
                    tokenize_for_training)
 from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
-from .optim import (adamw_groups, attend_for_compiled_training, build_muon_with_adamw, compile_pays, fast_bfloat16,
-                    keep_freed_memory)
+from .optim import (adamw_groups, build_muon_with_adamw, compile_pays, fast_bfloat16, keep_freed_memory,
+                    prepare_for_cpu_training)
 from .ranks import decided_by_rank_zero, is_deciding_process
 from .shape import pick_shape
 from .summary import RunSummary
@@ -347,7 +347,7 @@ def run_training(argv: list[str]) -> dict:
     if not 2 <= block_size <= model.config.max_position_embeddings:
         raise ValueError(f"--block_size {block_size} must be between 2 and the model's max_position_embeddings "
                          f"({model.config.max_position_embeddings})")
-    attend_for_compiled_training(model, args)
+    prepare_for_cpu_training(model, args)
     with args.main_process_first(desc="tokenizing"):
         train = tokenize_for_training(raw["train"], tokenizer, block_size, data_args.packing,
                                       data_args.preprocessing_num_workers,
