@@ -6,7 +6,8 @@
     python benchmarks/bench_train_step.py --malloc default   # glibc's allocator defaults instead of the recipe's
     CUDA_VISIBLE_DEVICES= python benchmarks/bench_train_step.py --threads 2   # 2 cores of a bigger CPU
 
-The step of `--preset cpu` (batch 16 x 256, Muon 4e-3 + AdamW, gradient clipping, float32 or the bf16 autocast
+The step of `--preset cpu` (batch 16 x 256 by default, as the tables in BENCHMARKS.md; the preset trains 32 x 256 since
+2026-12-06, `--batch 32`; Muon 4e-3 + AdamW, gradient clipping, float32 or the bf16 autocast
 that `--bf16_if_fast` picks) in variants that add one change at a time:
 - committed: the output head's full float32 logits and transformers' cross-entropy (the eval-mode forward path),
   Muon orthogonalising one matrix at a time, AdamW's foreach implementation;

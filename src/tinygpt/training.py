@@ -50,7 +50,7 @@ RECIPES = {
         "--block_size", "512"]},
     # 30 minutes on whatever machine runs it (docs/training.md: the measured run; BENCHMARKS.md: the choices).
     "cpu": {"model": "tinystories-cpu", "argv": [
-        "--time_budget", "30", "--per_device_train_batch_size", "16", "--block_size", "256",
+        "--time_budget", "30", "--per_device_train_batch_size", "32", "--block_size", "256",
         "--learning_rate", "4e-3", "--warmup_steps", "30", "--lr_scheduler_type", "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"decay_ratio": 0.3}',
         "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
