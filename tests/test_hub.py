@@ -126,6 +126,21 @@ def test_figures_on_a_held_out_part_of_the_training_files_are_not_called_the_val
     assert RunSummary(data={"dataset": "roneneldan/TinyStories"}).evaluated_on()[0] == "validation"
 
 
+def test_the_card_says_which_parts_learn_at_another_rate(trained):
+    """The recipe's embeddings learn at 3x the rate (a preset argument, not in the command the card shows): the
+    summary records the multipliers and the card's learning-rate row names them, and names nothing at 1x."""
+    from tinygpt.summary import RunSummary
+
+    summary = RunSummary.read(trained)
+    assert summary.hyperparameters["embedding_lr_multiplier"] == summary.hyperparameters["head_lr_multiplier"] == 1
+    assert summary.hyperparameters["zero_init_residual"] is False
+    model = TinyGPTForCausalLM.from_pretrained(trained)
+    assert "| learning rate / schedule | 0.003 / cosine |" in hub.model_card(model, "u/m", summary, "mit").text
+    summary.hyperparameters.update(embedding_lr_multiplier=3.0, head_lr_multiplier=0.5)
+    assert "| learning rate / schedule | 0.003 (embeddings x3, head x0.5) / cosine |" in \
+        hub.model_card(model, "u/m", summary, "mit").text
+
+
 def test_upload_calls_the_hub_api_with_the_right_arguments(trained, tmp_path, fake_hub, monkeypatch, capsys, caplog):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     args = hub.PublishArguments(model=str(trained), repo_id="user/tiny-stories", local_dir=str(tmp_path / "repo"),

@@ -129,6 +129,13 @@ def model_card(model, repo_id: str, summary: RunSummary | None, license: str, ha
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
+def _multipliers(hyper: dict) -> str:
+    """The parts that learn at another rate than the rest, as the card's learning-rate row says it ("" if none)."""
+    parts = [f"{part} x{hyper[key]:g}" for part, key in (("embeddings", "embedding_lr_multiplier"),
+                                                          ("head", "head_lr_multiplier")) if hyper.get(key, 1) != 1]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
     training, hyper, results = summary.training, summary.hyperparameters, summary.eval
     rows = [("steps", training.get("global_step")), ("tokens seen", training.get("tokens_seen")),
@@ -136,7 +143,8 @@ def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
             ("batch (per device x accumulation x devices)",
              f"{hyper.get('per_device_train_batch_size')} x {hyper.get('gradient_accumulation_steps')} x "
              f"{training.get('world_size', 1)}"),
-            ("learning rate / schedule", f"{hyper.get('learning_rate')} / {hyper.get('lr_scheduler_type')}"),
+            ("learning rate / schedule", f"{hyper.get('learning_rate')}{_multipliers(hyper)} / "
+                                         f"{hyper.get('lr_scheduler_type')}"),
             ("optimizer", "Muon (block matrices) + AdamW" if hyper.get("muon") else "AdamW"),
             ("AdamW betas / weight decay", f"{hyper.get('adam_beta1')}, {hyper.get('adam_beta2')} / "
                                            f"{hyper.get('weight_decay')}"),

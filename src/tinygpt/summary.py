@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
-HYPERPARAMETERS = ("learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "warmup_steps", "lr_scheduler_type",
-                   "lr_scheduler_kwargs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-                   "num_train_epochs", "time_budget", "muon", "bf16", "torch_compile", "seed")
+HYPERPARAMETERS = ("learning_rate", "embedding_lr_multiplier", "head_lr_multiplier", "adam_beta1", "adam_beta2",
+                   "weight_decay", "max_grad_norm", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
+                   "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
+                   "time_budget", "muon", "bf16", "torch_compile", "seed")
 
 
 def portable_command(argv: list[str]) -> str:
@@ -109,7 +110,8 @@ class RunSummary:
                       "resumed_from": checkpoint and Path(checkpoint).name, "bf16": args.bf16, "world_size": args.world_size},
             eval=metrics, consistency=consistency, time_budget=time_budget, samples=samples, shape=shape,
             throughput=step_timer.report(model, tokens_per_step * block_size, block_size, args.bf16) if step_timer else {},
-            hyperparameters={k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
+            hyperparameters={**{k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS},
+                             "zero_init_residual": model_args.zero_init_residual},
             environment={"tinygpt": _version(), "git_commit": _git_commit(), "torch": torch.__version__,
                          "transformers": transformers.__version__,
                          "python": platform.python_version(), "cuda": torch.cuda.is_available(), **machine()})

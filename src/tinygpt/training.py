@@ -51,7 +51,8 @@ RECIPES = {
     # 30 minutes on whatever machine runs it (docs/training.md: the measured run; BENCHMARKS.md: the choices).
     "cpu": {"model": "tinystories-cpu", "argv": [
         "--time_budget", "30", "--per_device_train_batch_size", "32", "--block_size", "256",
-        "--learning_rate", "4e-3", "--warmup_steps", "30", "--lr_scheduler_type", "warmup_stable_decay",
+        "--learning_rate", "4e-3", "--adam_beta2", "0.99", "--warmup_steps", "30", "--lr_scheduler_type",
+        "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"decay_ratio": 0.3}',
         "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
         "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "96x6,128x8,160x8,192x8",
