@@ -101,15 +101,15 @@ def test_a_run_whose_speed_changes_after_the_plan_ends_in_time_with_its_budget_u
 
 
 def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(tmp_path):
-    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu shape, 30 minutes, Muon at 4e-3 on batches of 32, and a
-    warmup-stable-decay schedule whose last 30% decays to zero along a half cosine (transformers' default
-    decay shape; the plan is fixed when the decay starts)."""
+    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu shape, 30 minutes, Muon at 4e-3 on batches of 32
+    (AdamW's part at beta2 0.99, the embeddings at 3x), and a warmup-stable-decay schedule whose last 30% decays to
+    zero along a half cosine (transformers' default decay shape; the plan is fixed when the decay starts)."""
     from tinygpt.training import parse_arguments
 
     model_args, data_args, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path)])
     assert (model_args.recipe, model_args.model_preset) == ("cpu", "tinystories-cpu")
     assert args.time_budget == 30 and args.muon and args.learning_rate == 4e-3 and data_args.block_size == 256
-    assert args.per_device_train_batch_size == 32 and args.embedding_lr_multiplier == 3
+    assert args.per_device_train_batch_size == 32 and args.embedding_lr_multiplier == 3 and args.adam_beta2 == 0.99
     schedule = Schedule(args.lr_scheduler_type, args.warmup_steps, 1000, args.lr_scheduler_kwargs)
     assert schedule.decay_start(1000) == 700
     assert [round(schedule(s), 3) for s in (0, 29, 30, 699, 850, 999)] == [0.0, 0.967, 1.0, 1.0, 0.5, 0.0]
