@@ -141,6 +141,19 @@ def test_the_card_says_which_parts_learn_at_another_rate(trained):
         hub.model_card(model, "u/m", summary, "mit").text
 
 
+def test_the_card_names_muons_momentum_where_the_summary_has_it(trained):
+    from tinygpt.summary import RunSummary
+
+    summary = RunSummary.read(trained)
+    model = TinyGPTForCausalLM.from_pretrained(trained)
+    assert "| optimizer | AdamW |" in hub.model_card(model, "u/m", summary, "mit").text
+    summary.hyperparameters.update(muon=True, muon_momentum=0.9)
+    assert "| optimizer | Muon (block matrices, momentum 0.9) + AdamW |" in \
+        hub.model_card(model, "u/m", summary, "mit").text
+    del summary.hyperparameters["muon_momentum"]  # a summary written before it was recorded
+    assert "| optimizer | Muon (block matrices) + AdamW |" in hub.model_card(model, "u/m", summary, "mit").text
+
+
 def test_upload_calls_the_hub_api_with_the_right_arguments(trained, tmp_path, fake_hub, monkeypatch, capsys, caplog):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     args = hub.PublishArguments(model=str(trained), repo_id="user/tiny-stories", local_dir=str(tmp_path / "repo"),

@@ -65,6 +65,7 @@ def test_muon_with_adamw_state_round_trip():
     """A resumed optimizer continues exactly: the state dict holds both optimizers."""
     class Args:
         learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon = 1e-3, 0.1, 0.9, 0.95, 1e-8
+        muon_momentum = 0.9
 
     def one_step(model, optimizer, seed):
         torch.manual_seed(seed)
@@ -77,6 +78,8 @@ def test_muon_with_adamw_state_round_trip():
     model = tiny_model()
     optimizer = build_muon_with_adamw(model, Args, {n for n, p in model.named_parameters() if p.ndim == 2})
     assert isinstance(optimizer, MuonWithAdamW) and muon_parameter_names(model)
+    assert {group["momentum"] for group in optimizer.muon.param_groups} == {Args.muon_momentum}
+    assert {group["betas"] for group in optimizer.adamw.param_groups} == {(Args.adam_beta1, Args.adam_beta2)}
     one_step(model, optimizer, 1)
     copy = tiny_model()
     copy.load_state_dict(model.state_dict())

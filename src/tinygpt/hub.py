@@ -136,6 +136,13 @@ def _multipliers(hyper: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _optimizer(hyper: dict) -> str:
+    if not hyper.get("muon"):
+        return "AdamW"
+    momentum = hyper.get("muon_momentum")  # summaries written before it was recorded do not have it
+    return f"Muon (block matrices{'' if momentum is None else f', momentum {momentum}'}) + AdamW"
+
+
 def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
     training, hyper, results = summary.training, summary.hyperparameters, summary.eval
     rows = [("steps", training.get("global_step")), ("tokens seen", training.get("tokens_seen")),
@@ -145,7 +152,7 @@ def _training_sections(summary: RunSummary, has_plot: bool) -> list[str]:
              f"{training.get('world_size', 1)}"),
             ("learning rate / schedule", f"{hyper.get('learning_rate')}{_multipliers(hyper)} / "
                                          f"{hyper.get('lr_scheduler_type')}"),
-            ("optimizer", "Muon (block matrices) + AdamW" if hyper.get("muon") else "AdamW"),
+            ("optimizer", _optimizer(hyper)),
             ("AdamW betas / weight decay", f"{hyper.get('adam_beta1')}, {hyper.get('adam_beta2')} / "
                                            f"{hyper.get('weight_decay')}"),
             ("bf16 autocast", training.get("bf16")), ("training time (s)", _round(training.get("train_runtime_s"))),

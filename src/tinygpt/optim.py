@@ -217,10 +217,11 @@ def adamw_groups(model, args, decay_names: set[str], exclude: set[str] = frozens
 
 
 def build_muon_with_adamw(model, args, decay_names: set[str]) -> MuonWithAdamW:
-    """From TrainingArguments: learning_rate, weight_decay (both groups), adam_beta1/2, adam_epsilon, and the
-    AdamW groups' learning-rate multipliers (`adamw_groups`)."""
+    """From TrainingArguments: learning_rate, weight_decay (both groups), muon_momentum, adam_beta1/2,
+    adam_epsilon, and the AdamW groups' learning-rate multipliers (`adamw_groups`)."""
     muon = muon_parameter_names(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return MuonWithAdamW([p for n, p in named if n in muon], adamw_groups(model, args, decay_names, muon),
                          lr=args.learning_rate, weight_decay=args.weight_decay,
-                         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+                         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                         momentum=args.muon_momentum)

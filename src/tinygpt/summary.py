@@ -16,7 +16,7 @@ from typing import ClassVar
 HYPERPARAMETERS = ("learning_rate", "embedding_lr_multiplier", "head_lr_multiplier", "adam_beta1", "adam_beta2",
                    "weight_decay", "max_grad_norm", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
                    "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
-                   "time_budget", "muon", "bf16", "torch_compile", "seed")
+                   "time_budget", "muon", "muon_momentum", "bf16", "torch_compile", "seed")
 
 
 def portable_command(argv: list[str]) -> str:

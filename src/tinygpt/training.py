@@ -112,6 +112,8 @@ class TinyGPTTrainingArguments(TrainingArguments):
                 "steps is planned from the measured speed, and the learning-rate schedule ends with training"})
     muon: bool = field(default=False, metadata={
         "help": "torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest (one learning rate)"})
+    muon_momentum: float = field(default=0.95, metadata={
+        "help": "with --muon: the momentum of Muon's (Nesterov) gradient average; AdamW's are --adam_beta1/2"})
     embedding_lr_multiplier: float = field(default=1.0, metadata={
         "help": "the token and position embeddings learn at this multiple of --learning_rate (AdamW)"})
     head_lr_multiplier: float = field(default=1.0, metadata={
