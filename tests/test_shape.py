@@ -21,9 +21,36 @@ def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
         assert [c["shape"] for c in decision["candidates"]] == (["64x2"] if expected == "64x2" else ["64x2", "32x2"])
 
 
+def test_a_shape_too_large_even_at_the_matmul_peak_is_not_measured(monkeypatch):
+    """No step trains faster than the machine's matmul peak: where even that speed cannot give a candidate
+    TOKENS_PER_PARAMETER, it is skipped unmeasured (a slow machine spends its minutes training, not measuring)."""
+    def make_config(overrides):
+        return tiny_config(vocab_size=500, **overrides)
+
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    model = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 2)))
+    # a peak at which 64x2 could see 1.5 tokens per parameter in the time left, 32x2 (fewer FLOPs) about 3
+    peak = 1.5 * model.num_parameters() * shape.model_flops_per_token(model, 64) / (60 * (1 - shape.FINAL_SHARE))
+    monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: peak)
+    measured = []
+    monkeypatch.setattr(shape, "measure_tokens_per_s",
+                        lambda config, *a, **k: measured.append(config.hidden_size) or 1e9)  # as fast as it gets
+    overrides, decision = shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)
+    assert measured == [32] and decision["chosen"] == "32x2"
+    assert decision["too_large_at_peak"] == [{"shape": "64x2", "parameters": model.num_parameters(),
+                                              "tokens_per_parameter_at_peak": 1.5}]
+    # the smallest is trained whatever its bound says, and measured for the record
+    monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: peak / 100)
+    measured.clear()
+    assert shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)[1]["chosen"] == "32x2"
+    assert measured == [32]
+
+
 def test_measuring_a_shape_runs_real_training_steps():
-    args = TrainingArguments(output_dir="unused", report_to=[], per_device_train_batch_size=2, use_cpu=True)
-    args.muon = True
+    from tinygpt.training import TinyGPTTrainingArguments
+
+    args = TinyGPTTrainingArguments(output_dir="unused", report_to=[], per_device_train_batch_size=2, use_cpu=True,
+                                    muon=True)
     assert shape.measure_tokens_per_s(tiny_config(), args, 16, steps=1) > 0
 
 

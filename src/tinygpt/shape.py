@@ -10,6 +10,10 @@ estimate at the start (1.75 in the run); on 2 cores with bf16 units, compiled, 1
 the run), beat 160 x 8 (4.33; 3.86) by 0.005 bits per byte and 0.02 consistency, the same day. Without bf16 units
 (one Zen 5 core told to use AVX2 at most, 2026-12-06; docs/screen-without-bf16.md) 96 x 6 at 4.9 tokens per parameter in
 the run, 128 x 6 at 2.4 and 128 x 4 at 3.1 ended level (0.7926, 0.7917, 0.7917); 96 x 10 and 160 x 4 (1.8) lost.
+A candidate that could not see enough tokens even at the machine's matmul peak (`matmul_peak_flops`, which no
+training step reaches) is not measured either: without bf16 units (one emulated core, 114 GFLOP/s) that skips
+192 x 8 and 160 x 8 (0.61 and 1.02 tokens per parameter measured; at most 0.8 and 1.41 at the peak), about 30 s
+of the 30 minutes.
 An explicit `--config_overrides` or `--model_preset` wins: then no candidate is measured.
 """
 import time
@@ -20,6 +24,7 @@ import torch
 from .configuration_tinygpt import TinyGPTConfig
 from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import build_muon_with_adamw, prepare_for_cpu_training
+from .throughput import matmul_peak_flops, model_flops_per_token
 
 TOKENS_PER_PARAMETER = 2.0  # between 1.35-1.67 (estimated; lost at 30 minutes) and 2.21 (estimated; won)
 # Heads of 32: at 192 x 8, compiled bf16, 3 heads of 64 step 14% faster than 6 of 32 (bench_train_step --heads 3)
@@ -87,12 +92,20 @@ def pick_shape(candidates: str, make_config: Callable[[dict], TinyGPTConfig], ar
     make_config: the run's fresh config with the given overrides."""
     configs = [make_config(shape_overrides(hidden, layers)) for hidden, layers in parse_shapes(candidates)]
     configs.sort(key=lambda config: -TinyGPTForCausalLM(config).num_parameters())  # the largest first
-    measured, chosen = [], None
+    # no training step reaches the machine's matmul peak: a shape too large even at the peak is not measured
+    peak = matmul_peak_flops(torch.bfloat16 if args.bf16 else torch.float32) * args.world_size
+    measured, skipped, chosen = [], [], None
     for config in configs:
+        model = TinyGPTForCausalLM(config)
+        parameters = model.num_parameters()
+        at_peak = peak / model_flops_per_token(model, block_size) * seconds_left * (1 - FINAL_SHARE) / parameters
+        if at_peak < TOKENS_PER_PARAMETER and config is not configs[-1]:
+            skipped.append({"shape": f"{config.hidden_size}x{config.num_hidden_layers}", "parameters": parameters,
+                            "tokens_per_parameter_at_peak": round(at_peak, 2)})
+            continue
         started = time.perf_counter()
         # measured by one process; each of the run's processes trains its own batches at this speed
         tokens_per_s = measure_tokens_per_s(config, args, block_size) * args.world_size
-        parameters = TinyGPTForCausalLM(config).num_parameters()
         tokens = tokens_per_s * (seconds_left * (1 - FINAL_SHARE) - (time.perf_counter() - started))
         measured.append({"shape": f"{config.hidden_size}x{config.num_hidden_layers}", "parameters": parameters,
                          "tokens_per_s": round(tokens_per_s), "expected_tokens": round(tokens),
@@ -103,9 +116,11 @@ def pick_shape(candidates: str, make_config: Callable[[dict], TinyGPTConfig], ar
             break
     chosen = chosen or measured[-1]  # none fits: the smallest
     hidden, layers = map(int, chosen["shape"].split("x"))
-    decision = {"chosen": chosen["shape"], "candidates": measured,
+    decision = {"chosen": chosen["shape"], "candidates": measured, "too_large_at_peak": skipped,
                 "rule": f"largest with >= {TOKENS_PER_PARAMETER} tokens per parameter, else the smallest"}
-    print("shape for this machine: " + ", ".join(f"{m['shape']} {m['tokens_per_s']:,} tokens/s "
-                                                 f"({m['tokens_per_parameter']} tokens/parameter)" for m in measured)
-          + f" -> {chosen['shape']}", flush=True)
+    words = [f"{m['shape']} too large (at most {m['tokens_per_parameter_at_peak']} tokens/parameter at the "
+             "matmul peak)" for m in skipped]
+    words += [f"{m['shape']} {m['tokens_per_s']:,} tokens/s ({m['tokens_per_parameter']} tokens/parameter)"
+              for m in measured]
+    print(f"shape for this machine: {', '.join(words)} -> {chosen['shape']}", flush=True)
     return shape_overrides(hidden, layers), decision
