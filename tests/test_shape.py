@@ -28,22 +28,26 @@ def test_a_shape_too_large_even_at_the_matmul_peak_is_not_measured(monkeypatch):
         return tiny_config(vocab_size=500, **overrides)
 
     args = TrainingArguments(output_dir="unused", report_to=[])
-    model = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 2)))
-    # a peak at which 64x2 could see 1.5 tokens per parameter in the time left, 32x2 (fewer FLOPs) about 3
-    peak = 1.5 * model.num_parameters() * shape.model_flops_per_token(model, 64) / (60 * (1 - shape.FINAL_SHARE))
+    largest = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 4)))
+    # a peak at which 64x4 could see 1.5 tokens per parameter in the time left (64x2: 4.3)
+    peak = 1.5 * largest.num_parameters() * shape.model_flops_per_token(largest, 64) / (60 * (1 - shape.FINAL_SHARE))
     monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: peak)
     measured = []
-    monkeypatch.setattr(shape, "measure_tokens_per_s",
-                        lambda config, *a, **k: measured.append(config.hidden_size) or 1e9)  # as fast as it gets
-    overrides, decision = shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)
-    assert measured == [32] and decision["chosen"] == "32x2"
-    assert decision["too_large_at_peak"] == [{"shape": "64x2", "parameters": model.num_parameters(),
+
+    def as_fast_as_the_peak_allows(config, *args, **kwargs):
+        measured.append(config.hidden_size)
+        return shape.matmul_peak_flops(None) / shape.model_flops_per_token(shape.TinyGPTForCausalLM(config), 64)
+
+    monkeypatch.setattr(shape, "measure_tokens_per_s", as_fast_as_the_peak_allows)
+    overrides, decision = shape.pick_shape("32x2,64x2,64x4", make_config, args, 64, seconds_left=60)
+    assert measured == [64] and decision["chosen"] == "64x2"
+    assert decision["too_large_at_peak"] == [{"shape": "64x4", "parameters": largest.num_parameters(),
                                               "tokens_per_parameter_at_peak": 1.5}]
     # the smallest is trained whatever its bound says, and measured for the record
-    monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: peak / 100)
+    monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: peak / 1000)
     measured.clear()
-    assert shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)[1]["chosen"] == "32x2"
-    assert measured == [32]
+    assert shape.pick_shape("32x2,64x2,64x4", make_config, args, 64, seconds_left=60)[1]["chosen"] == "32x2"
+    assert measured == [32] and overrides["hidden_size"] == 64
 
 
 def test_measuring_a_shape_runs_real_training_steps():
