@@ -90,16 +90,16 @@ def pick_shape(candidates: str, make_config: Callable[[dict], TinyGPTConfig], ar
                seconds_left: float) -> tuple[dict, dict]:
     """(config overrides of the chosen shape, the decision with every candidate's measurement).
     make_config: the run's fresh config with the given overrides."""
-    configs = [make_config(shape_overrides(hidden, layers)) for hidden, layers in parse_shapes(candidates)]
-    configs.sort(key=lambda config: -TinyGPTForCausalLM(config).num_parameters())  # the largest first
+    models = [TinyGPTForCausalLM(make_config(shape_overrides(hidden, layers)))
+              for hidden, layers in parse_shapes(candidates)]
+    models.sort(key=lambda model: -model.num_parameters())  # the largest first
     # no training step reaches the machine's matmul peak: a shape too large even at the peak is not measured
     peak = matmul_peak_flops(torch.bfloat16 if args.bf16 else torch.float32) * args.world_size
     measured, skipped, chosen = [], [], None
-    for config in configs:
-        model = TinyGPTForCausalLM(config)
-        parameters = model.num_parameters()
+    for model in models:
+        config, parameters = model.config, model.num_parameters()
         at_peak = peak / model_flops_per_token(model, block_size) * seconds_left * (1 - FINAL_SHARE) / parameters
-        if at_peak < TOKENS_PER_PARAMETER and config is not configs[-1]:
+        if at_peak < TOKENS_PER_PARAMETER and model is not models[-1]:
             skipped.append({"shape": f"{config.hidden_size}x{config.num_hidden_layers}", "parameters": parameters,
                             "tokens_per_parameter_at_peak": round(at_peak, 2)})
             continue
