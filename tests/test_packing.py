@@ -1,20 +1,17 @@
 """Packing stories into blocks (tinygpt.data.PackedStories, the one packer): cut once for evaluation and
 streaming, packed afresh at every epoch for training, and Trainer drawing each epoch's batches from its own
-packing, also when a run resumes within an epoch; short blocks first (a sequence-length warm-up)."""
+packing, also when a run resumes within an epoch."""
 
 import random
-import re
 from types import SimpleNamespace
 
 import pytest
-import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from conftest import needs_data, tiny_model
 from tinygpt.callbacks import RepackEachEpoch
-from tinygpt.data import (CausalLMCollator, DataArguments, PackedStories, load_raw_datasets, pack, shorter_blocks,
-                          story_ids, tokenize_for_training)
-from tinygpt.training import TinyGPTTrainer, TinyGPTTrainingArguments
+from tinygpt.data import (CausalLMCollator, DataArguments, PackedStories, load_raw_datasets, pack, story_ids,
+                          tokenize_for_training)
 
 
 def _rows(stories: int = 40, seed: int = 0) -> list[list[int]]:
@@ -152,50 +149,3 @@ def test_stories_apart_a_packed_block_reads_each_story_as_if_alone(attention):
             if start:
                 assert not torch.allclose(together[start:start + len(piece)], alone, atol=1e-3)
             start += len(piece)
-
-
-def test_shorter_blocks_read_the_same_tokens_in_order():
-    ids = torch.arange(16).reshape(2, 8)
-    short = shorter_blocks({"input_ids": ids, "labels": ids.clone(), "position_ids": ids % 5}, size=4)
-    assert short["input_ids"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
-    assert torch.equal(short["labels"], short["input_ids"]) and torch.equal(short["position_ids"], short["input_ids"] % 5)
-
-
-class _ShapeRecordingTrainer(TinyGPTTrainer):
-    """TinyGPTTrainer, keeping each step's input ids and the label count Trainer averaged its loss over."""
-
-    seen: list
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.seen.append((inputs["input_ids"].clone(), int(num_items_in_batch)))
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-
-def test_short_blocks_first_then_whole_ones_with_the_loss_over_the_short_blocks(tmp_path):
-    """--short_block_size 8 --short_block_share 0.5 with blocks of 16: the first half of the steps trains each
-    batch of 4 x 16 as 8 x 8 (the same tokens), the rest whole blocks; Trainer counts the short blocks' labels."""
-    packed = PackedStories.of_rows(_rows(60), 16, seed=5)
-    args = TinyGPTTrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
-                                    learning_rate=1e-3, warmup_steps=0, lr_scheduler_type="constant",
-                                    eval_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True,
-                                    logging_strategy="no", seed=0)
-    model = tiny_model(vocab_size=50, max_position_embeddings=16, bos_token_id=0, eos_token_id=0)
-    trainer = _ShapeRecordingTrainer(model=model, args=args, train_dataset=packed, block_size=16, short_blocks=(8, 0.5),
-                                     data_collator=CausalLMCollator(pad_token_id=0))
-    trainer.seen = []
-    trainer.train()
-    assert [tuple(ids.shape) for ids, _ in trainer.seen] == [(8, 8)] * 3 + [(4, 16)] * 3
-    blocks = _blocks(packed)
-    assert all(row in blocks for ids, _ in trainer.seen for row in ids.reshape(-1, 16).tolist())
-    shifted = trainer.seen[-1][1] == 4 * 15  # Trainer counts the labels a causal LM predicts (all but the first)
-    assert [items for _, items in trainer.seen[:3]] == [8 * 7 if shifted else 8 * 8] * 3, [n for _, n in trainer.seen]
-
-
-@pytest.mark.parametrize("short_blocks, message", [((5, 0.3), "--short_block_size 5 must divide --block_size 16"),
-                                                   ((16, 0.3), "--short_block_size 16 must divide"),
-                                                   ((8, 1.0), "--short_block_share 1.0 must be between 0 and 1")])
-def test_short_blocks_that_do_not_fit_are_refused(tmp_path, short_blocks, message):
-    args = TinyGPTTrainingArguments(output_dir=str(tmp_path), report_to=[])
-    with pytest.raises(ValueError, match=re.escape(message)):
-        TinyGPTTrainer(model=tiny_model(max_position_embeddings=16), args=args, block_size=16,
-                       short_blocks=short_blocks)

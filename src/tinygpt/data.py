@@ -112,10 +112,6 @@ class DataArguments:
         "help": "in packed blocks each story attends only to itself, from position 0 (as read alone)"})
     eval_subset_stories: int | None = field(default=None, metadata={
         "help": "evaluations during training use the first N validation stories; the final one uses them all"})
-    short_block_size: int | None = field(default=None, metadata={
-        "help": "with packing: for the first --short_block_share of the planned steps each block is read as "
-                "blocks of this many tokens (a divisor of --block_size), as many tokens per step"})
-    short_block_share: float = field(default=0.3, metadata={"help": "the share of steps for --short_block_size"})
 
 
 def _load_files(files: list[str], streaming: bool, text_column: str):
@@ -368,9 +364,3 @@ class CausalLMCollator:
                 batch["position_ids"] = story_positions(ids, self.pad_token_id)
             return batch
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
-
-
-def shorter_blocks(batch: dict, size: int) -> dict:
-    """A batch of packed blocks (B, T) read as blocks of `size` tokens: every tensor (B * T / size, size), the
-    same tokens in the same order, each short block attending only to itself."""
-    return {key: value.reshape(-1, size) for key, value in batch.items()}

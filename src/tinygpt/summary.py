@@ -103,8 +103,6 @@ class RunSummary:
                   "validation_file": portable_path(data_args.validation_file, "validation_file"),
                   "dataset": None if data_args.train_file else data_args.dataset_name, "block_size": block_size,
                   "packing": data_args.packing, "stories_apart": data_args.stories_apart,
-                  "short_block_size": data_args.short_block_size,
-                  "short_block_share": data_args.short_block_share if data_args.short_block_size else None,
                   "validation_split_percentage": data_args.validation_split_percentage},
             training={"global_step": state.global_step, "max_steps": state.max_steps, "epochs": state.epoch,
                       "train_loss": result.training_loss, "tokens_seen": state.global_step * tokens_per_step * block_size,

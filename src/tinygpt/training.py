@@ -3,7 +3,6 @@
 `train_hf.py` at the repository root is the entry point; it only calls `run_training`.
 """
 
-import functools
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from .callbacks import COMPLETE_MARKER, CheckpointCompleteCallback, RepackEachEp
 from .configuration_tinygpt import PRESETS, TinyGPTConfig
 from .consistency import evaluate_consistency, load_items
 from .convert import gpt_neo_to_tinygpt, shrink_vocab
-from .data import (CausalLMCollator, DataArguments, DataFileError, PackedStories, load_raw_datasets, shorter_blocks,
+from .data import (CausalLMCollator, DataArguments, DataFileError, PackedStories, load_raw_datasets,
                    tokenize_for_training)
 from .evaluation import evaluate_texts, utf8_bytes
 from .modeling_tinygpt import TinyGPTForCausalLM
@@ -170,8 +169,6 @@ def parse_arguments(argv: list[str]):
         model_args.auto_shape = None  # the shape the user wrote wins over the recipe's measured choice
     if model_args.auto_shape and args.time_budget is None:
         raise ValueError("--auto_shape picks the shape for a time budget: give --time_budget MINUTES as well")
-    if data_args.short_block_size and not data_args.packing:
-        raise ValueError("--short_block_size reads packed blocks in shorter pieces: it needs packing (no --no_packing)")
     return model_args, data_args, args
 
 
@@ -282,21 +279,10 @@ def _parse_overrides(text: str | None) -> dict:
 class TinyGPTTrainer(Trainer):
     """Trainer with the project's evaluation (`evaluate_texts`: the one bits-per-byte definition, the same as
     `tinygpt eval`), its learning-rate `Schedule` (which a time budget re-plans) and, with --muon, Muon.
-    The evaluation data are the validation stories (a "text" column), not token blocks.
-    short_blocks (size, share): a sequence-length warm-up; for the first `share` of the planned steps each packed
-    block is read as blocks of `size` tokens (`data.shorter_blocks`: as many tokens per step in more rows). Early
-    on a model learns mostly from the nearest tokens, which short blocks give at a lower attention cost."""
+    The evaluation data are the validation stories (a "text" column), not token blocks."""
 
-    def __init__(self, *args, block_size: int, started: float | None = None,
-                 short_blocks: tuple[int, float] | None = None, **kwargs):
-        if short_blocks is not None:
-            size, share = short_blocks
-            if not 2 <= size < block_size or block_size % size:
-                raise ValueError(f"--short_block_size {size} must divide --block_size {block_size} and be below it")
-            if not 0 < share < 1:
-                raise ValueError(f"--short_block_share {share} must be between 0 and 1")
+    def __init__(self, *args, block_size: int, started: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.short_blocks = short_blocks
         if self.label_smoother is not None and self.compute_loss_func is None:
             # Trainer shifts the labels for label smoothing only for transformers' own causal-LM classes; TinyGPT
             # predicts the next token too, so its smoothed loss is taken from shifted labels (Trainer's public
@@ -307,15 +293,6 @@ class TinyGPTTrainer(Trainer):
         self.block_size = block_size
         self.started = process_start_time() if started is None else started
         self.schedule: Schedule | None = None  # a TimeBudget attached to this trainer gives its own
-
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
-        """Trainer's batches, read as short blocks while the warm-up lasts. Here, in the main process, rather
-        than in the collator (which may run in data-loader workers that do not see the step), and before
-        Trainer counts the batches' labels, so the loss is averaged over the tokens the short blocks predict.
-        `state.max_steps` is the plan a time budget keeps up to date."""
-        if self.short_blocks and self.state.global_step < self.short_blocks[1] * self.state.max_steps:
-            epoch_iterator = map(functools.partial(shorter_blocks, size=self.short_blocks[0]), epoch_iterator)
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Every log entry also carries the seconds since the process started (loss against wall time)."""
@@ -385,7 +362,6 @@ def run_training(argv: list[str]) -> dict:
     timer = budget.timer if budget else StepTimer()  # a budget times the steps it plans with
     trainer = TinyGPTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=eval_subset, block_size=block_size, started=started,
-        short_blocks=(data_args.short_block_size, data_args.short_block_share) if data_args.short_block_size else None,
         data_collator=CausalLMCollator(tokenizer.pad_token_id, data_args.stories_apart), processing_class=tokenizer,
         callbacks=[CheckpointCompleteCallback(), samples] + ([] if budget else [timer])
         + ([RepackEachEpoch(train)] if isinstance(train, PackedStories) else []))
