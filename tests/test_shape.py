@@ -21,6 +21,24 @@ def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
         assert [c["shape"] for c in decision["candidates"]] == (["64x2"] if expected == "64x2" else ["64x2", "32x2"])
 
 
+@pytest.mark.parametrize("tokens_per_parameter, expected", [(2.09, "32x2"), (2.21, "64x2")])
+def test_the_rule_as_fitted(monkeypatch, tokens_per_parameter, expected):
+    """The two full-length runs the threshold sits between: a shape the budget lets see 2.09 tokens per parameter
+    lost to the smaller one (128 x 8 on 2 Zen 3 cores), one at 2.21 won (192 x 8 with bf16 units)."""
+    def make_config(overrides):
+        return tiny_config(vocab_size=500, **overrides)
+
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    seconds = 60 * (1 - shape.FINAL_SHARE)
+    largest = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 2))).num_parameters()
+    monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: float("inf"))
+    monkeypatch.setattr(shape, "measure_tokens_per_s", lambda config, *a, **k: (
+        tokens_per_parameter * largest / seconds if config.hidden_size == 64 else 1e9))
+    _, decision = shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)
+    assert decision["candidates"][0]["tokens_per_parameter"] == tokens_per_parameter
+    assert decision["chosen"] == expected
+
+
 def test_a_shape_too_large_even_at_the_matmul_peak_is_not_measured(monkeypatch):
     """No step trains faster than the machine's matmul peak: where even that speed cannot give a candidate
     TOKENS_PER_PARAMETER, it is skipped unmeasured (a slow machine spends its minutes training, not measuring)."""
