@@ -7,11 +7,13 @@ import tinygpt.shape as shape
 from conftest import tiny_config
 
 
+def make_config(overrides):
+    """pick_shape's make_config: a tiny config with the candidate's shape."""
+    return tiny_config(vocab_size=500, **overrides)
+
+
 def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
     """The largest candidate with at least TOKENS_PER_PARAMETER tokens per parameter in the time left."""
-    def make_config(overrides):
-        return tiny_config(vocab_size=500, **overrides)
-
     args = TrainingArguments(output_dir="unused", report_to=[])
     for speed, expected in ((2_000, "32x2"), (20_000, "64x2"), (200, "32x2")):  # slow, fast, too slow for any
         monkeypatch.setattr(shape, "measure_tokens_per_s", lambda config, *a, **k: speed * 32 / config.hidden_size)
@@ -25,9 +27,6 @@ def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
 def test_the_rule_as_fitted(monkeypatch, tokens_per_parameter, expected):
     """The two full-length runs the threshold sits between: a shape the budget lets see 2.09 tokens per parameter
     lost to the smaller one (128 x 8 on 2 Zen 3 cores), one at 2.21 won (192 x 8 with bf16 units)."""
-    def make_config(overrides):
-        return tiny_config(vocab_size=500, **overrides)
-
     args = TrainingArguments(output_dir="unused", report_to=[])
     seconds = 60 * (1 - shape.FINAL_SHARE)
     largest = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 2))).num_parameters()
@@ -42,9 +41,6 @@ def test_the_rule_as_fitted(monkeypatch, tokens_per_parameter, expected):
 def test_a_shape_too_large_even_at_the_matmul_peak_is_not_measured(monkeypatch):
     """No step trains faster than the machine's matmul peak: where even that speed cannot give a candidate
     TOKENS_PER_PARAMETER, it is skipped unmeasured (a slow machine spends its minutes training, not measuring)."""
-    def make_config(overrides):
-        return tiny_config(vocab_size=500, **overrides)
-
     args = TrainingArguments(output_dir="unused", report_to=[])
     largest = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 4)))
     # a peak at which 64x4 could see 1.5 tokens per parameter in the time left (64x2: 4.3)
