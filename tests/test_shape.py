@@ -16,7 +16,7 @@ def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
     """The largest candidate with at least TOKENS_PER_PARAMETER tokens per parameter in the time left."""
     args = TrainingArguments(output_dir="unused", report_to=[])
     for speed, expected in ((2_000, "32x2"), (20_000, "64x2"), (200, "32x2")):  # slow, fast, too slow for any
-        monkeypatch.setattr(shape, "measure_tokens_per_s", lambda config, *a, **k: speed * 32 / config.hidden_size)
+        monkeypatch.setattr(shape, "measure_tokens_per_s", lambda model, *a, **k: speed * 32 / model.config.hidden_size)
         overrides, decision = shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)
         assert decision["chosen"] == expected and overrides["hidden_size"] == int(expected.split("x")[0])
         # measured from the largest down, until one fits
@@ -31,8 +31,8 @@ def test_the_rule_as_fitted(monkeypatch, tokens_per_parameter, expected):
     seconds = 60 * (1 - shape.FINAL_SHARE)
     largest = shape.TinyGPTForCausalLM(make_config(shape.shape_overrides(64, 2))).num_parameters()
     monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: float("inf"))
-    monkeypatch.setattr(shape, "measure_tokens_per_s", lambda config, *a, **k: (
-        tokens_per_parameter * largest / seconds if config.hidden_size == 64 else 1e9))
+    monkeypatch.setattr(shape, "measure_tokens_per_s", lambda model, *a, **k: (
+        tokens_per_parameter * largest / seconds if model.config.hidden_size == 64 else 1e9))
     _, decision = shape.pick_shape("32x2,64x2", make_config, args, 64, seconds_left=60)
     assert decision["candidates"][0]["tokens_per_parameter"] == tokens_per_parameter
     assert decision["chosen"] == expected
@@ -48,9 +48,9 @@ def test_a_shape_too_large_even_at_the_matmul_peak_is_not_measured(monkeypatch):
     monkeypatch.setattr(shape, "matmul_peak_flops", lambda dtype: peak)
     measured = []
 
-    def as_fast_as_the_peak_allows(config, *args, **kwargs):
-        measured.append(config.hidden_size)
-        return shape.matmul_peak_flops(None) / shape.model_flops_per_token(shape.TinyGPTForCausalLM(config), 64)
+    def as_fast_as_the_peak_allows(model, *args, **kwargs):
+        measured.append(model.config.hidden_size)
+        return shape.matmul_peak_flops(None) / shape.model_flops_per_token(model, 64)
 
     monkeypatch.setattr(shape, "measure_tokens_per_s", as_fast_as_the_peak_allows)
     overrides, decision = shape.pick_shape("32x2,64x2,64x4", make_config, args, 64, seconds_left=60)
@@ -69,7 +69,7 @@ def test_measuring_a_shape_runs_real_training_steps():
 
     args = TinyGPTTrainingArguments(output_dir="unused", report_to=[], per_device_train_batch_size=2, use_cpu=True,
                                     muon=True)
-    assert shape.measure_tokens_per_s(tiny_config(), args, 16, steps=1) > 0
+    assert shape.measure_tokens_per_s(shape.TinyGPTForCausalLM(tiny_config()), args, 16, steps=1) > 0
 
 
 def test_bad_shapes_are_named():

@@ -1,4 +1,5 @@
-"""The model's shape for the machine at hand: `--auto_shape 96x6,128x8,160x8,192x8` (the CPU recipe's candidates).
+"""The model's shape for the machine at hand: `--auto_shape 96x6,128x6,128x8,160x8,192x8` (the CPU recipe's
+candidates).
 
 Before training, the candidates (hidden x layers, heads of 32) are measured from the largest down: each runs a few
 training steps of the recipe (its batch, block, precision, compilation and optimizer), a few seconds (20-30 s more
@@ -12,6 +13,9 @@ docs/cpu-runs/cpu-avx2-3afce22/ and screen-avx2-96x6/) at 2.09 (2.18 in the run)
 the run), beat 160 x 8 (4.33; 3.86) by 0.005 bits per byte and 0.02 consistency, the same day. Without bf16 units
 (one Zen 5 core told to use AVX2 at most, 2026-12-06; docs/screen-without-bf16.md) 96 x 6 at 4.9 tokens per parameter in
 the run, 128 x 6 at 2.4 and 128 x 4 at 3.1 ended level (0.7926, 0.7917, 0.7917); 96 x 10 and 160 x 4 (1.8) lost.
+On the 2 real Zen 3 cores 128 x 6 (3.46 estimated, 3.3 in the run) beat 96 x 6 (6.3) by 0.013 (0.7476 against
+0.7603; docs/cpu-runs/screen-avx2-128x6/), so it is a candidate: there it sits between 128 x 8, which is too large,
+and 96 x 6.
 A candidate that could not see enough tokens even at the machine's matmul peak (`matmul_peak_flops`, which no
 training step reaches) is not measured either: without bf16 units (one emulated core) that skips 192 x 8 and
 160 x 8 (0.61 and 1.02 tokens per parameter measured; at most 0.84 and 1.47 at the peak), and the run's tenth
@@ -55,10 +59,10 @@ def shape_overrides(hidden: int, layers: int) -> dict:
     return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // HEAD_SIZE}
 
 
-def measure_tokens_per_s(config: TinyGPTConfig, args, block_size: int, steps: int = 3) -> float:
-    """Training tokens per second of a fresh model of `config` with the run's batch, precision, compilation and
-    optimizer (the first steps, which allocate and compile, are not timed)."""
-    model = TinyGPTForCausalLM(config).train()
+def measure_tokens_per_s(model: TinyGPTForCausalLM, args, block_size: int, steps: int = 3) -> float:
+    """Training tokens per second of a fresh `model` with the run's batch, precision, compilation and optimizer
+    (the first steps, which allocate and compile, are not timed). The steps train it: measure a throwaway."""
+    config = model.train().config
     optimizer = build_muon_with_adamw(model, args, {n for n, p in model.named_parameters() if p.ndim == 2}) \
         if args.muon else torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     ids = torch.randint(0, config.vocab_size, (args.per_device_train_batch_size, block_size))
@@ -109,7 +113,7 @@ def pick_shape(candidates: str, make_config: Callable[[dict], TinyGPTConfig], ar
             continue
         started = time.perf_counter()
         # measured by one process; each of the run's processes trains its own batches at this speed
-        tokens_per_s = measure_tokens_per_s(config, args, block_size) * args.world_size
+        tokens_per_s = measure_tokens_per_s(model, args, block_size) * args.world_size
         tokens = tokens_per_s * (seconds_left * (1 - FINAL_SHARE) - (time.perf_counter() - started))
         measured.append({"shape": f"{config.hidden_size}x{config.num_hidden_layers}", "parameters": parameters,
                          "tokens_per_s": round(tokens_per_s), "expected_tokens": round(tokens),
