@@ -33,8 +33,8 @@ from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import build_muon_with_adamw, prepare_for_cpu_training
 from .throughput import matmul_peak_flops, model_flops_per_token
 
-# Above 2.23, the most that a shape which lost was estimated at (128 x 8 on 2 Zen 3 cores, float32, 2026-12-07: 0.012
-# bits per byte behind 96 x 6; at 2.09 an hour earlier, 0.013), and at the least that one which tied or won was
+# Above 2.23, the most that a shape which lost was estimated at (128 x 8 on 2 Zen 3 cores, float32, 2026-12-07: 0.008
+# bits per byte behind 96 x 6; at 2.09 the night before, 0.013), and at the least that one which tied or won was
 # (128 x 6 there: 2.4 tied 96 x 6, 3.46 beat it by 0.013). With bf16 units 192 x 8 at 2.21 beat 160 x 8 by 0.005 on
 # 2026-12-05, a smaller margin on the other side; it is estimated at 2.9-3.5 there since 7a29676 and still chosen.
 TOKENS_PER_PARAMETER = 2.4
