@@ -5,19 +5,10 @@ Before training, the candidates (hidden x layers, heads of 32) are measured from
 training steps of the recipe (its batch, block, precision, compilation and optimizer), a few seconds (20-30 s more
 where the model is compiled) inside the time budget. The rule: train the largest candidate that the budget lets
 see at least TOKENS_PER_PARAMETER tokens per parameter at its measured speed (the smaller ones are then not
-measured), or the smallest if none does. Fitted to full 30-minute runs (docs/benchmarks-history.md, "The record"):
-on 2 AVX2 cores 96 x 6 beat 128 x 8, which the budget let see 1.35-1.67 tokens per parameter by the estimate at the
-start (1.75 in the run), and on 2 cores of a Zen 3 EPYC (AVX2, 2026-12-07; docs/cpu-runs/cpu-avx2-3afce22/ and
-screen-avx2-96x6/) at 2.09 (2.18 in the run): 0.7746 against 96 x 6's 0.7617 (6.1), at 2.23 later that morning
-(docs/cpu-runs/cpu-avx2-5ea973b-again/): 0.7683 against 96 x 6's 0.7600, and at 2.51 in a fast hour
-(docs/cpu-runs/cpu-avx2-8afb593/): 0.7574 against 128 x 6's 0.7478 (3.46) run next; on 2 cores with bf16 units,
-compiled, 192 x 8, estimated at 2.21 (2.76 in the run), beat 160 x 8 (4.33; 3.86) by 0.005 bits per byte and 0.02
-consistency, the same day. Without bf16 units (one Zen 5 core told to use AVX2 at most, 2026-12-06;
-docs/screen-without-bf16.md) 96 x 6 at 4.9 tokens per parameter in the run, 128 x 6 at 2.4 and 128 x 4 at 3.1 ended
-level (0.7926, 0.7917, 0.7917); 96 x 10 and 160 x 4 (1.8) lost. On the 2 real Zen 3 cores 128 x 6 (3.46 estimated,
-3.3 in the run) beat 96 x 6 (6.3) by 0.013 (0.7476 against 0.7603; docs/cpu-runs/screen-avx2-128x6/; again 0.7478
-at 3.46 in screen-avx2-128x6-8afb593/), and in a slower hour at 2.4 ended level (0.7608 against 0.7600), so it is a
-candidate: there it sits between 128 x 8, which is too large, and 96 x 6.
+measured), or the smallest if none does. The threshold is fitted to full 30-minute runs on both kinds of machine (the
+runs, against their neighbours, in the comment at TOKENS_PER_PARAMETER; every run in docs/screen-without-bf16.md
+and docs/benchmarks-history.md, "The record"). On 2 Zen 3 cores (AVX2) 128 x 6 sits between 128 x 8, which is too
+large, and 96 x 6, which it beat by 0.012 at 3.46 tokens per parameter.
 A candidate that could not see enough tokens even at the machine's matmul peak (`matmul_peak_flops`, which no
 training step reaches) is not measured either: without bf16 units (one emulated core) that skips 192 x 8 and
 160 x 8 (0.61 and 1.02 tokens per parameter measured; at most 0.84 and 1.47 at the peak), and the run's tenth
@@ -34,11 +25,12 @@ from .modeling_tinygpt import TinyGPTForCausalLM
 from .optim import build_muon_with_adamw, prepare_for_cpu_training
 from .throughput import matmul_peak_flops, model_flops_per_token
 
-# Above 2.51, the most that a shape which lost was estimated at (128 x 8 on 2 Zen 3 cores, float32, 2026-12-07: 0.010
-# bits per byte behind 128 x 6 run next; at 2.09 and 2.23, 0.013 and 0.008 behind 96 x 6), and below 2.94, the least
-# that 192 x 8 has been estimated at with bf16 units since 7a29676 (3.14-3.41 with batches of 32), and 3.46, at which
-# 128 x 6 beat 96 x 6 twice by 0.012 (at 2.4 it tied). With bf16 units 192 x 8 at 2.21 (2.76 in the run: the bf16
-# estimate reads slow) beat 160 x 8 by 0.005 on 2026-12-05, a smaller margin on the other side.
+# Estimated at the start, as the rule reads them. Shapes that lost to a smaller one: 128 x 8 on 2 Zen 3 cores
+# (float32, 2026-12-07) at 2.09, 2.23 and 2.51, 0.013, 0.008 and 0.010 bits per byte behind 96 x 6, 96 x 6 and 128 x 6
+# run beside it; 128 x 8 at 1.35-1.67 on older AVX2 machines. Shapes that won or tied: 128 x 6 there at 3.46 (twice
+# 0.012 ahead of 96 x 6) and at 2.4 (level). With bf16 units 192 x 8 is estimated at 2.94-3.45 since 7a29676
+# (3.14-3.41 with batches of 32), so it stays chosen there. The one run on the other side: 192 x 8 with bf16 units at
+# 2.21 (2.76 in the run; the compiled bf16 estimate reads slow) beat 160 x 8 by 0.005 on 2026-12-05.
 TOKENS_PER_PARAMETER = 2.7
 # Heads of 32: at 192 x 8, compiled bf16, 3 heads of 64 step 14% faster than 6 of 32 (bench_train_step --heads 3)
 # but learn less per step (held-out 2.45 nats against 2.34 at step ~2,370; benchmarks-history.md, "Probes").
