@@ -1,5 +1,5 @@
 """Token-matched screening of recipe levers (optimizer, learning rate, batch, shape) before spending 30-minute runs
-on them (BENCHMARKS.md, "A storyteller in 30 CPU-minutes", the screening rows).
+on them (the S rows of docs/benchmarks-history.md, "The record").
 
     python benchmarks/recipe_screen.py --tokenizer runs/cpu/tokenizer \
         '[{"name": "adamw_2e-3", "opt": "adamw", "lr": 2e-3}, {"name": "muon_4e-3", "opt": "muon", "lr": 4e-3}]'

@@ -116,7 +116,7 @@ def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(
     # an explicit option wins over the recipe's
     _, _, args = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path), "--lr_scheduler_type", "cosine"])
     assert args.lr_scheduler_type == "cosine"
-    assert model_args.auto_shape == "96x6,128x6,128x8,160x8,192x8"  # the shape is measured for the machine
+    assert model_args.auto_shape == "96x6,128x6,160x8,192x8"  # the shape is measured for the machine
     model_args, _, _ = parse_arguments(["--preset", "cpu", "--output_dir", str(tmp_path),
                                         "--config_overrides", "hidden_size=96"])
     assert model_args.auto_shape is None  # a shape on the command line wins

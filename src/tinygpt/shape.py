@@ -1,14 +1,14 @@
-"""The model's shape for the machine at hand: `--auto_shape 96x6,128x6,128x8,160x8,192x8` (the CPU recipe's
-candidates).
+"""The model's shape for the machine at hand: `--auto_shape 96x6,128x6,160x8,192x8` (the CPU recipe's
+candidates; 128 x 8, a candidate until 2026-12-07, lost to a smaller shape in every full run).
 
 Before training, the candidates (hidden x layers, heads of 32) are measured from the largest down: each runs a few
 training steps of the recipe (its batch, block, precision, compilation and optimizer), a few seconds (20-30 s more
 where the model is compiled) inside the time budget. The rule: train the largest candidate that the budget lets
 see at least TOKENS_PER_PARAMETER tokens per parameter at its measured speed (the smaller ones are then not
 measured), or the smallest if none does. The threshold is fitted to full 30-minute runs on both kinds of machine (the
-runs, against their neighbours, in the comment at TOKENS_PER_PARAMETER; every run in docs/screen-without-bf16.md
-and docs/benchmarks-history.md, "The record"). On 2 Zen 3 cores (AVX2) 128 x 6 sits between 128 x 8, which is too
-large, and 96 x 6, which it beat by 0.012 at 3.46 tokens per parameter.
+runs, against their neighbours, in the comment at TOKENS_PER_PARAMETER; every run in docs/screen-without-bf16.md,
+docs/cpu-recipe-runs.md and docs/benchmarks-history.md, "The record"). On 2 Zen 3 cores (AVX2) 128 x 6 beat 96 x 6
+by 0.012 at 3.46 tokens per parameter and 128 x 8 at every speed tried, up to one 17% faster than the fastest hour.
 A candidate that could not see enough tokens even at the machine's matmul peak (`matmul_peak_flops`, which no
 training step reaches) is not measured either: without bf16 units (one emulated core) that skips 192 x 8 and
 160 x 8 (0.61 and 1.02 tokens per parameter measured; at most 0.84 and 1.47 at the peak), and the run's tenth
@@ -30,7 +30,9 @@ from .throughput import matmul_peak_flops, model_flops_per_token
 # run beside it; 128 x 8 at 1.35-1.67 on older AVX2 machines. Shapes that won or tied: 128 x 6 there at 3.46 (twice
 # 0.012 ahead of 96 x 6) and at 2.4 (level). With bf16 units 192 x 8 is estimated at 2.94-3.45 since 7a29676
 # (3.14-3.41 with batches of 32), so it stays chosen there. The one run on the other side: 192 x 8 with bf16 units at
-# 2.21 (2.76 in the run; the compiled bf16 estimate reads slow) beat 160 x 8 by 0.005 on 2026-12-05.
+# 2.21 (2.76 in the run; the compiled bf16 estimate reads slow) beat 160 x 8 by 0.005 on 2026-12-05. 128 x 8 is no
+# longer a candidate: given the steps a 17% faster hour would give it (1,320; 2.95 tokens per parameter), it still
+# ended 0.008 behind 128 x 6 given as many seconds (1,560 steps): it lost at every speed measured.
 TOKENS_PER_PARAMETER = 2.7
 # Heads of 32: at 192 x 8, compiled bf16, 3 heads of 64 step 14% faster than 6 of 32 (bench_train_step --heads 3)
 # but learn less per step (held-out 2.45 nats against 2.34 at step ~2,370; benchmarks-history.md, "Probes").

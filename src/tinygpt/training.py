@@ -55,7 +55,7 @@ RECIPES = {
         "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"decay_ratio": 0.3}',
         "--eval_steps", "0.25", "--save_steps", "0.25", "--logging_steps", "10", "--per_device_eval_batch_size", "32",
-        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "96x6,128x6,128x8,160x8,192x8",
+        "--eval_subset_stories", "300", "--muon", "--bf16_if_fast", "--auto_shape", "96x6,128x6,160x8,192x8",
         "--zero_init_residual", "--embedding_lr_multiplier", "3"]},
 }
 
