@@ -101,7 +101,7 @@ def test_a_run_whose_speed_changes_after_the_plan_ends_in_time_with_its_budget_u
 
 
 def test_the_cpu_recipe_is_a_timed_muon_run_with_a_warmup_stable_decay_schedule(tmp_path):
-    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu shape, 30 minutes, Muon at 4e-3 on batches of 32
+    """`--preset cpu` as BENCHMARKS.md measured it: the tinystories-cpu preset, 30 minutes, Muon at 4e-3 on batches of 32
     (AdamW's part at beta2 0.99, the embeddings at 3x), and a warmup-stable-decay schedule whose last 30% decays to
     zero along a half cosine (transformers' default decay shape; the plan is fixed when the decay starts)."""
     from tinygpt.training import parse_arguments

@@ -18,8 +18,9 @@ Presets (`TinyGPTConfig.from_preset(name, **overrides)`), all with the reduced 8
 `tinystories-41m` is the seed model (the TinyStories-33M architecture with the 8K vocabulary); with
 `vocab_size=50257` it has 105,931,776 parameters. The other rows follow the TinyStories paper's family
 (roneneldan/TinyStories-1M ... -28M: same widths and depths), shrunk to the 8K vocabulary. `tinystories-cpu`
-is the shape of the 30-minute CPU recipe, chosen by measurement (BENCHMARKS.md): the 3M shape with 4 heads of
-32 instead of the family's 16 of 8.
+is the model preset of the 30-minute CPU recipe (`train_hf.py --preset cpu`): the 3M shape with 4 heads of 32
+instead of the family's 16 of 8. The recipe replaces its width, depth and heads by the largest candidate that the
+machine's measured speed lets see enough tokens (`--auto_shape`, tinygpt.shape; BENCHMARKS.md).
 """
 
 import dataclasses
@@ -52,7 +53,7 @@ PRESETS = {
     "tinystories-8m": dict(_SEED, hidden_size=256, num_hidden_layers=8),
     "tinystories-28m": dict(_SEED, hidden_size=512, num_hidden_layers=8),
     "tinystories-41m": dict(_SEED, hidden_size=768, num_hidden_layers=4),
-    # what `train_hf.py --preset cpu` trains in about 30 minutes on 2 CPU cores
+    # the base of `train_hf.py --preset cpu`, whose --auto_shape then picks the width and depth for the machine
     "tinystories-cpu": dict(_SEED, hidden_size=128, num_hidden_layers=8, num_attention_heads=4),
 }
 
